@@ -1,0 +1,75 @@
+// k-means quantization of a weight matrix: b-bit indices into codebooks of 2^b centroids,
+// with a codebook per tensor, per row or per group, and optional block scales.
+//
+// Reconstruction (the definition every kernel implements):
+//   w[r][j] = codebook(r, j)[idx[r][j]] * scale[r][j / scale_block]   (scale = 1 if none)
+//   codebook(r, j) = codebooks[c * 2^bits ...], c = 0 (tensor) | r (row) |
+//                    r * ceil(cols / group_size) + j / group_size (group)
+// Index layout: each row is a little-endian bit stream of cols*bits bits, index j at bit
+// offset j*bits (LSB first, may straddle bytes for bits = 3), padded to a whole byte:
+//   row_bytes = ceil(cols * bits / 8); indices.size() == rows * row_bytes.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kmq/types.h"
+
+namespace kmq {
+
+struct QuantSpec {
+  int bits = 4;                               // 1..4
+  CodebookScope scope = CodebookScope::kTensor;
+  int64_t group_size = 64;                    // weights per codebook when scope = kGroup
+  int64_t scale_block = 64;                   // weights per scale along a row; 0 = no scales
+  ScaleMode scale_mode = ScaleMode::kAbsMax;  // ignored when scale_block = 0
+  DType codebook_dtype = DType::kF32;         // kF32 or kF16 storage of centroids
+  DType scale_dtype = DType::kF16;            // kF16 or kBF16 storage of scales
+  int64_t exact_max = 4096;  // groups up to this many weights get exact DP k-means
+  int lloyd_iters = 30;      // Lloyd iterations for larger groups (k-means++ init)
+  uint64_t seed = 0x6b6d71;  // k-means++ seeding; output is deterministic for a seed
+  int threads = 1;
+  const float* importance = nullptr;  // optional per-input-column weights (length cols)
+};
+
+struct QuantizedTensor {
+  int bits = 0;
+  CodebookScope scope = CodebookScope::kTensor;
+  int64_t group_size = 0;   // meaningful for kGroup
+  int64_t scale_block = 0;  // 0 = no scales
+  int64_t rows = 0, cols = 0;
+  DType codebook_dtype = DType::kF32;
+  DType scale_dtype = DType::kF16;
+  std::vector<uint8_t> indices;  // rows * row_bytes()
+  std::vector<float> codebooks;  // n_codebooks() * 2^bits, values exactly representable in codebook_dtype
+  std::vector<float> scales;     // rows * n_scale_blocks(), exactly representable in scale_dtype
+
+  int64_t row_bytes() const { return (cols * bits + 7) / 8; }
+  int64_t n_codebooks() const;
+  int64_t n_scale_blocks() const { return scale_block ? (cols + scale_block - 1) / scale_block : 0; }
+  // Bits per weight as stored: indices + codebooks + scales, over rows*cols.
+  double bits_per_weight() const;
+};
+
+struct QuantStats {
+  double mse = 0;   // mean squared error of the reconstruction
+  double nmse = 0;  // mse / mean(w^2)
+};
+
+// Quantize w (rows x cols, row-major). Throws kmq::Error on bad specs.
+QuantizedTensor quantize(const float* w, int64_t rows, int64_t cols, const QuantSpec& spec);
+// Reference reconstruction of row r into out[cols].
+void dequantize_row(const QuantizedTensor& q, int64_t r, float* out);
+QuantStats quant_error(const float* w, const QuantizedTensor& q);
+
+// Pack / unpack one row's indices (bit stream as above).
+void pack_indices(const uint8_t* idx, int64_t n, int bits, uint8_t* out);
+uint8_t unpack_index(const uint8_t* row, int64_t j, int bits);
+
+// 1-D k-means on values x (optionally weighted) into k sorted centroids.
+// Exact (dynamic programming over sorted values) when n <= exact_max, else Lloyd with
+// k-means++ initialisation. centroids.size() == k on return (duplicates allowed when the
+// data has fewer than k distinct values).
+std::vector<float> kmeans_1d(const float* x, const float* weights, int64_t n, int k,
+                             int64_t exact_max, int lloyd_iters, uint64_t seed);
+
+}  // namespace kmq
