@@ -1,2 +1,49 @@
-// (being written)
-int main() { return 0; }
+// kmq: run k-means quantized language models. Subcommands: info, complete, perplexity.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "kmq/error.h"
+#include "util/mmap_file.h"
+
+namespace kmq::tools {
+
+std::string read_input_text(const std::string& path) {
+  if (path == "-") {
+    std::string s, line;
+    char buf[65536];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, stdin)) > 0) s.append(buf, n);
+    return s;
+  }
+  if (!std::filesystem::exists(path)) throw Error(path + ": no such file");
+  return read_text_file(path);
+}
+
+}  // namespace kmq::tools
+
+int main(int argc, char** argv) {
+  CLI::App app{"kmq: run k-means quantized language models (.kmq files).\n\n"
+               "  kmq complete -m model.kmq -p \"Once upon a time\" -n 64\n"
+               "  kmq perplexity -m model.kmq -f wiki.test.raw\n"
+               "  kmq info model.kmq --verify\n",
+               "kmq"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Help for every subcommand");
+  auto* info = app.add_subcommand("info", "Print a model's configuration, tensors and bits per weight");
+  auto* complete = app.add_subcommand("complete", "Complete a prompt (streams text to stdout)");
+  auto* ppl = app.add_subcommand("perplexity", "Perplexity of a text (llama.cpp protocol)");
+  auto run_info = kmq::tools::add_info(*info);
+  auto run_complete = kmq::tools::add_complete(*complete);
+  auto run_ppl = kmq::tools::add_perplexity(*ppl);
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (info->parsed()) return run_info();
+    if (complete->parsed()) return run_complete();
+    if (ppl->parsed()) return run_ppl();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "kmq: error: {}\n", e.what());
+    return 1;
+  }
+  return 1;
+}

@@ -81,6 +81,10 @@ TokenizerData load_tokenizer_hf_json(const std::filesystem::path& tokenizer_json
 TokenizerData load_tokenizer_spm_model(const std::filesystem::path& model_file);
 TokenizerData load_tokenizer_tiktoken(const std::filesystem::path& model_file);
 // llama2.c tokenizer.bin (max_token_length, then per token: score f32, len i32, bytes).
+// n_vocab <= 0 reads tokens until the end of the file.
 TokenizerData load_tokenizer_llama2c(const std::filesystem::path& bin_file, int64_t n_vocab);
+// GPT-2's original vocab.json + merges.txt pair (byte-level BPE, <|endoftext|> = BOS/EOS).
+TokenizerData load_tokenizer_gpt2_files(const std::filesystem::path& vocab_json,
+                                        const std::filesystem::path& merges_txt);
 
 }  // namespace kmq

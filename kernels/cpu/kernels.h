@@ -1,0 +1,55 @@
+// The CPU kernel table: every hot operation behind a function pointer, filled once at
+// start-up for the best ISA the CPU supports (KMQ_ISA overrides). The scalar reference
+// (kernels_ref.cpp) is the specification every ISA variant is tested against.
+// Kernels take pointers, sizes and tables only: no allocation, no I/O, no threads.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "kmq/types.h"
+
+namespace kmq::cpu {
+
+// A weight matrix [rows, cols] in any stored form (plain pointers into the mapped file).
+// Quantized reconstruction: see include/kmq/quant.h.
+struct WeightView {
+  DType dtype = DType::kF32;
+  int64_t rows = 0, cols = 0;
+  const void* data = nullptr;       // f32/f16/bf16 values, or packed indices (row_bytes per row)
+  int bits = 0;
+  CodebookScope scope = CodebookScope::kTensor;
+  int64_t group_size = 0;
+  int64_t scale_block = 0;          // 0 = no scales
+  DType codebook_dtype = DType::kF32;
+  DType scale_dtype = DType::kF16;
+  const void* codebooks = nullptr;
+  const void* scales = nullptr;
+};
+
+struct Kernels {
+  const char* isa;  // "scalar", "avx2", "avx512", "neon"
+  // out[0..cols) = row r of w, reconstructed in f32.
+  void (*dequant_row)(const WeightView& w, int64_t r, float* out);
+  // y[t * ldy + r] = dot(row r of w, x[t * ldx ...]) for rows [r0, r1), tokens [0, n_tok).
+  // scratch: at least 4 * w.cols floats.
+  void (*matmul)(const WeightView& w, const float* x, int64_t ldx, int64_t n_tok, float* y,
+                 int64_t ldy, int64_t r0, int64_t r1, float* scratch);
+  float (*dot)(const float* a, const float* b, int64_t n);
+  // y += a * x
+  void (*axpy)(float* y, float a, const float* x, int64_t n);
+  // out = x / rms(x) * w (w may be nullptr: no gain)
+  void (*rmsnorm)(float* out, const float* x, const float* w, int64_t n, float eps);
+  // in-place softmax over n values
+  void (*softmax)(float* x, int64_t n);
+  // out = silu(gate) * up
+  void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);
+};
+
+const Kernels& kernels_ref();
+// The table in use: chosen on first call from the CPU's features and $KMQ_ISA.
+// Throws kmq::Error if $KMQ_ISA names an ISA this CPU (or build) cannot run.
+const Kernels& kernels();
+// The ISAs this build can run on this CPU, best last ("scalar" always first).
+std::string available_isas();
+
+}  // namespace kmq::cpu

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs kmq's build dependencies from Debian 12 packages (skips apt when all are present).
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libcli11-dev libfmt-dev nlohmann-json3-dev libpcre2-dev doctest-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all dependencies present"
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "install-deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"

@@ -1,0 +1,18 @@
+// The subcommands of `kmq`: each registers its options on the app and returns the
+// function that runs it (returning the exit code).
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace kmq::tools {
+
+using Runner = std::function<int()>;
+
+Runner add_info(CLI::App& app);
+Runner add_complete(CLI::App& app);
+Runner add_perplexity(CLI::App& app);
+
+// Reads a whole text file, or stdin for "-"; throws kmq::Error naming the file.
+std::string read_input_text(const std::string& path);
+
+}  // namespace kmq::tools
