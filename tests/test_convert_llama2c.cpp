@@ -65,7 +65,8 @@ fs::path write_tokenizer(int n) {
   std::string s;
   put<int32_t>(s, 8);
   for (int i = 0; i < n; ++i) {
-    std::string text = i == 0 ? "<unk>" : i == 1 ? "\n<s>\n" : i == 2 ? "\n</s>\n" : "t" + std::to_string(i);
+    std::string text = i == 0 ? "<unk>" : i == 1 ? "\n<s>\n" : i == 2 ? "\n</s>\n" : "t";
+    if (i > 2) text += std::to_string(i);
     put<float>(s, float(-i));
     put<int32_t>(s, int32_t(text.size()));
     s += text;

@@ -12,7 +12,9 @@ using namespace kmq;
 namespace {
 
 // Bit p of the stream, LSB first within each byte: the layout written independently.
-int stream_bit(const std::vector<uint8_t>& bytes, int64_t p) { return (bytes[p >> 3] >> (p & 7)) & 1; }
+int stream_bit(const std::vector<uint8_t>& bytes, int64_t p) {
+  return (bytes[p >> 3] >> (p & 7)) & 1;
+}
 
 }  // namespace
 
@@ -57,7 +59,8 @@ TEST_CASE("pack/unpack round trip, bits 1..4, odd lengths") {
       }
       CHECK(same);
       CHECK(layout);
-      for (int64_t p = n * bits; p < row_bytes * 8; ++p) CHECK(stream_bit(buf, p) == 0);  // zero padding
+      for (int64_t p = n * bits; p < row_bytes * 8; ++p)
+        CHECK(stream_bit(buf, p) == 0);  // zero padding
     }
   }
 }

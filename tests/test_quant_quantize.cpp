@@ -37,7 +37,8 @@ const float* codebook_at(const QuantizedTensor& q, int64_t r, int64_t j) {
   const int64_t k = int64_t(1) << q.bits;
   int64_t c = 0;
   if (q.scope == CodebookScope::kRow) c = r;
-  if (q.scope == CodebookScope::kGroup) c = r * ((q.cols + q.group_size - 1) / q.group_size) + j / q.group_size;
+  if (q.scope == CodebookScope::kGroup)
+    c = r * ((q.cols + q.group_size - 1) / q.group_size) + j / q.group_size;
   return q.codebooks.data() + c * k;
 }
 
@@ -151,7 +152,8 @@ TEST_CASE("quantize: bits x scope x scale block on odd shapes") {
             CHECK(q.rows == rows);
             CHECK(q.cols == cols);
             CHECK(q.scale_block == std::min(sb, cols));
-            CHECK(q.group_size == (sc.scope == CodebookScope::kGroup ? std::min(sc.group, cols) : 0));
+            CHECK(q.group_size ==
+                  (sc.scope == CodebookScope::kGroup ? std::min(sc.group, cols) : 0));
             check_quantized(q, w, spec);
             const double nmse = quant_error(w.data(), q).nmse;
             CHECK(nmse < prev_nmse);  // more bits, less error
@@ -179,7 +181,8 @@ TEST_CASE("quantize: NMSE of plain k-means on Gaussian weights") {
     QuantSpec spec;
     spec.bits = bits;
     const double nmse = quant_error(w.data(), quantize(w.data(), 64, 1024, spec)).nmse;
-    MESSAGE("bits " << bits << ": NMSE " << nmse << " (Lloyd-Max Gaussian " << lloyd_max[bits - 1] << ")");
+    MESSAGE("bits " << bits << ": NMSE " << nmse << " (Lloyd-Max Gaussian " << lloyd_max[bits - 1]
+                    << ")");
     CHECK(nmse < lloyd_max[bits - 1] * 1.4);
     spec.scale_block = 0;  // without scales it is exactly Lloyd-Max up to sampling
     const double plain = quant_error(w.data(), quantize(w.data(), 64, 1024, spec)).nmse;
@@ -283,7 +286,8 @@ TEST_CASE("quantize: degenerate data") {
   SUBCASE("rows of exactly 2^bits distinct values are exact with row codebooks") {
     std::vector<float> w(5 * 77);
     for (int64_t r = 0; r < 5; ++r)
-      for (int64_t j = 0; j < 77; ++j) w[r * 77 + j] = float((j * 5 + r) % 8) * 0.25f - 1.0f + float(r);
+      for (int64_t j = 0; j < 77; ++j)
+        w[r * 77 + j] = float((j * 5 + r) % 8) * 0.25f - 1.0f + float(r);
     QuantSpec spec;
     spec.bits = 3;
     spec.scope = CodebookScope::kRow;
@@ -352,19 +356,28 @@ TEST_CASE("quantize: spec validation") {
   CHECK_NOTHROW(quantize(w.data(), 4, 64, QuantSpec{}));
   CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.bits = 0; })), Error);
   CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.bits = 5; })), Error);
-  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scope = CodebookScope::kGroup; s.group_size = 0; })), Error);
-  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scope = CodebookScope(7); })), Error);
+  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) {
+                             s.scope = CodebookScope::kGroup;
+                             s.group_size = 0;
+                           })),
+                  Error);
+  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scope = CodebookScope(7); })),
+                  Error);
   CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scale_block = -1; })), Error);
-  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scale_mode = ScaleMode::kNone; })), Error);
-  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.codebook_dtype = DType::kBF16; })), Error);
-  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scale_dtype = DType::kF32; })), Error);
+  CHECK_THROWS_AS(
+      quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scale_mode = ScaleMode::kNone; })), Error);
+  CHECK_THROWS_AS(
+      quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.codebook_dtype = DType::kBF16; })), Error);
+  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scale_dtype = DType::kF32; })),
+                  Error);
   CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.threads = 0; })), Error);
   CHECK_THROWS_AS(quantize(w.data(), 0, 64, QuantSpec{}), Error);
   CHECK_THROWS_AS(quantize(w.data(), 4, 0, QuantSpec{}), Error);
   CHECK_THROWS_AS(quantize(nullptr, 4, 64, QuantSpec{}), Error);
   std::vector<float> imp(64, 1.0f);
   imp[3] = -1.0f;
-  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([&](QuantSpec& s) { s.importance = imp.data(); })), Error);
+  CHECK_THROWS_AS(quantize(w.data(), 4, 64, bad([&](QuantSpec& s) { s.importance = imp.data(); })),
+                  Error);
   w[77] = std::numeric_limits<float>::quiet_NaN();
   try {
     quantize(w.data(), 4, 64, QuantSpec{});
@@ -374,7 +387,10 @@ TEST_CASE("quantize: spec validation") {
   }
   // scale_mode is ignored without scales
   w[77] = 0.5f;
-  CHECK_NOTHROW(quantize(w.data(), 4, 64, bad([](QuantSpec& s) { s.scale_block = 0; s.scale_mode = ScaleMode::kNone; })));
+  CHECK_NOTHROW(quantize(w.data(), 4, 64, bad([](QuantSpec& s) {
+                           s.scale_block = 0;
+                           s.scale_mode = ScaleMode::kNone;
+                         })));
 }
 
 // Timing of the brief's workloads: run with  test_quant_quantize -ns -tc='*speed*'
@@ -387,8 +403,10 @@ TEST_CASE("quantize speed, 2048 x 8192, 4 bits" * doctest::skip()) {
     int64_t group;
     int bits;
   };
-  const Run runs[] = {{"tensor", CodebookScope::kTensor, 0, 4},   {"row", CodebookScope::kRow, 0, 4},
-                      {"group 64", CodebookScope::kGroup, 64, 4}, {"group 256", CodebookScope::kGroup, 256, 4},
+  const Run runs[] = {{"tensor", CodebookScope::kTensor, 0, 4},
+                      {"row", CodebookScope::kRow, 0, 4},
+                      {"group 64", CodebookScope::kGroup, 64, 4},
+                      {"group 256", CodebookScope::kGroup, 256, 4},
                       {"group 256, 2 bits", CodebookScope::kGroup, 256, 2}};
   for (const Run& run : runs) {
     for (int threads : {1, 2}) {

@@ -59,7 +59,7 @@ Runner add_complete(CLI::App& app) {
     if (prompt.empty()) throw Error("no prompt: use -p TEXT or -f FILE");
     auto model = Model::load(o->model, ModelOptions{o->device, o->threads});
     const auto& tok = model->tokenizer();
-    auto ids = tok.encode(prompt, !o->no_bos, false);
+    auto ids = tok.encode(prompt, !o->no_bos, true);  // special-token text is parsed, as transformers does
     const int64_t n_ctx = o->ctx > 0 ? o->ctx : model->config().max_seq;
     if (int64_t(ids.size()) >= n_ctx)
       throw Error(fmt::format("the prompt has {} tokens, which does not fit the context of {} tokens "

@@ -28,7 +28,7 @@ Runner add_perplexity(CLI::App& app) {
   return [o]() -> int {
     const std::string text = read_input_text(o->file);
     auto model = Model::load(o->model, ModelOptions{o->device, o->threads});
-    auto tokens = model->tokenizer().encode(text, true, false);
+    auto tokens = model->tokenizer().encode(text, false, true);  // no BOS: each chunk gets one
     fmt::print(stderr, "kmq: {} on {}; {} tokens, chunks of {}\n", o->model, model->backend_name(), tokens.size(), o->ctx);
     const bool tty = ::isatty(2);
     PerplexityOptions po;

@@ -68,7 +68,7 @@ uint8_t unpack_index(const uint8_t* row, int64_t j, int bits);
 // 1-D k-means on values x (optionally weighted) into k sorted centroids.
 // Exact (dynamic programming over sorted values) when n <= exact_max, else the large-n
 // method: exact DP over a fine histogram of the values, refined by at most lloyd_iters
-// Lloyd passes over the real values (within ~1e-5 of the exact SSE; src/quant/
+// Lloyd passes over the real values (within ~1e-4 of the exact SSE; src/quant/
 // kmeans_hist.cpp). Both are deterministic; seed is unused and kept for the interface.
 // centroids.size() == k on return (duplicates allowed when the data has fewer than k
 // distinct values). Throws kmq::Error on non-finite values, negative or non-finite

@@ -43,7 +43,7 @@ struct PerplexityResult {
   double seconds = 0;
 };
 
-// llama.cpp protocol: the token stream (BOS first, as the tokenizer adds it) is cut into
+// llama.cpp protocol: the token stream (the text tokenized without BOS) is cut into
 // non-overlapping chunks of n_ctx; each chunk's first token is replaced by BOS; only the
 // second half of each chunk is scored (n_ctx/2 - 1 predictions per chunk).
 PerplexityResult perplexity(Model& model, const std::vector<int32_t>& tokens, const PerplexityOptions& options);

@@ -46,6 +46,7 @@ struct Kernels {
 };
 
 const Kernels& kernels_ref();
+const Kernels& kernels_avx2();  // x86-64 with AVX2 + FMA (kernels_avx2.cpp)
 // The table in use: chosen on first call from the CPU's features and $KMQ_ISA.
 // Throws kmq::Error if $KMQ_ISA names an ISA this CPU (or build) cannot run.
 const Kernels& kernels();

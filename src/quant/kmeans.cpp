@@ -6,9 +6,10 @@
 // fixed; with prefix sums of W and S every cluster's gain is O(1). D[j][i] (best gain of
 // the first i points in j clusters) = max_t D[j-1][t] + gain(t, i). The optimal t is
 // monotone in i (the gain satisfies the quadrangle inequality), so each layer is filled by
-// divide and conquer: O(k * m * log m) gain evaluations for m distinct values. It is also
-// monotone in j, which narrows each search to start at the previous layer's optimum
-// (about 3x fewer evaluations at k = 16).
+// divide and conquer: O(k * m * log m) gain evaluations for m distinct values (about 3600
+// for m = 64, k = 16; 26000 for m = 256).
+#include "quant/kmeans.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -16,7 +17,6 @@
 
 #include "kmq/error.h"
 #include "kmq/quant.h"
-#include "quant/kmeans.h"
 
 namespace kmq {
 namespace detail {
@@ -52,119 +52,45 @@ struct WeightGain {
   }
 };
 
-// Smallest t in [a, b] maximising prev[t] + g(t, i) (a <= b); *best gets the maximum.
-// Long ranges use four independent running maxima (t = a + 4n + u), breaking the
-// compare-select dependency chain; merging them keeps the smallest index among equal
-// maxima, so the result equals the plain sequential scan used for short ranges.
+// Fills cur[i] = max_{optlo <= t <= min(opthi, i-1)} prev[t] + g(t, i) for i in [lo, hi]
+// and opt[i] = the smallest maximising t, relying on opt being non-decreasing in i.
+// (Tried and dropped, no faster here: bounding t below by the previous layer's opt, which
+// is also monotone in the number of clusters; Knuth-style leaves; 4-lane argmax. The
+// plain scan's branch is well predicted, as prev[t] + g(t, i) is unimodal in t.)
 template <class Gain>
-inline int64_t argmax_t(const Gain& g, const double* prev, int64_t i, int64_t a, int64_t b,
-                        double* best_out) {
-  constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-  if (b - a < 16) {
-    double best = kNegInf;
-    int64_t bt = a;
-    for (int64_t t = a; t <= b; ++t) {
-      const double v = prev[t] + g(t, i);
+void dc_layer(const Gain& g, const double* prev, double* cur, int32_t* opt, int64_t lo, int64_t hi,
+              int64_t optlo, int64_t opthi) {
+  while (lo <= hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    const int64_t t_end = std::min(opthi, mid - 1);
+    double best = -std::numeric_limits<double>::infinity();
+    int64_t bt = optlo;
+    for (int64_t t = optlo; t <= t_end; ++t) {
+      const double v = prev[t] + g(t, mid);
       if (v > best) {
         best = v;
         bt = t;
       }
     }
-    *best_out = best;
-    return bt;
-  }
-  // Lanes as named scalars: GCC keeps them in registers and uses selects (an array of
-  // four ends up in memory behind branches).
-  double v0 = kNegInf, v1 = kNegInf, v2 = kNegInf, v3 = kNegInf;
-  int64_t i0 = a, i1 = a, i2 = a, i3 = a;
-  int64_t t = a;
-  for (; t + 3 <= b; t += 4) {
-    const double w0 = prev[t] + g(t, i), w1 = prev[t + 1] + g(t + 1, i);
-    const double w2 = prev[t + 2] + g(t + 2, i), w3 = prev[t + 3] + g(t + 3, i);
-    i0 = w0 > v0 ? t : i0;
-    v0 = w0 > v0 ? w0 : v0;
-    i1 = w1 > v1 ? t + 1 : i1;
-    v1 = w1 > v1 ? w1 : v1;
-    i2 = w2 > v2 ? t + 2 : i2;
-    v2 = w2 > v2 ? w2 : v2;
-    i3 = w3 > v3 ? t + 3 : i3;
-    v3 = w3 > v3 ? w3 : v3;
-  }
-  for (; t <= b; ++t) {  // the tail joins lane 0, still in increasing t
-    const double w0 = prev[t] + g(t, i);
-    i0 = w0 > v0 ? t : i0;
-    v0 = w0 > v0 ? w0 : v0;
-  }
-  double best = v0;
-  int64_t bt = i0;
-  const double vs[3] = {v1, v2, v3};
-  const int64_t is[3] = {i1, i2, i3};
-  for (int u = 0; u < 3; ++u) {
-    if (vs[u] > best || (vs[u] == best && is[u] < bt)) {
-      best = vs[u];
-      bt = is[u];
-    }
-  }
-  *best_out = best;
-  return bt;
-}
-
-// One DP layer: cur[i] = max_t prev[t] + g(t, i) over t in [optlo, min(opthi, i-1)] for i
-// in [lo, hi], opt[i] = the smallest maximising t. Two monotonicities of that optimal
-// start of the last cluster bound the search: it does not decrease with i, and it does not
-// decrease with the number of clusters, so lb[i] (the previous layer's opt, defined and
-// non-decreasing up to lb_hi) bounds it from below. Divide and conquer on i (O(m log m)
-// per layer) down to leaves of kLeaf points; a leaf runs i downwards, each search capped
-// by the optimum just found (Knuth's bound), which costs least per point.
-constexpr int64_t kLeaf = 16;
-
-template <class Gain>
-void dc_layer(const Gain& g, const double* prev, double* cur, int32_t* opt, const int32_t* lb,
-              int64_t lb_hi, int64_t lo, int64_t hi, int64_t optlo, int64_t opthi) {
-  auto lower = [&](int64_t i) {
-    return lb ? std::max<int64_t>(optlo, lb[std::min(i, lb_hi)]) : optlo;
-  };
-  while (hi - lo >= kLeaf) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    const int64_t t_end = std::min(opthi, mid - 1);
-    double best;
-    const int64_t bt = argmax_t(g, prev, mid, std::min(lower(mid), t_end), t_end, &best);
     cur[mid] = best;
     opt[mid] = int32_t(bt);
     // Recurse into the smaller half, loop on the larger: stack depth stays O(log m).
     if (mid - lo < hi - mid) {
-      dc_layer(g, prev, cur, opt, lb, lb_hi, lo, mid - 1, optlo, bt);
+      dc_layer(g, prev, cur, opt, lo, mid - 1, optlo, bt);
       lo = mid + 1;
       optlo = bt;
     } else {
-      dc_layer(g, prev, cur, opt, lb, lb_hi, mid + 1, hi, bt, opthi);
+      dc_layer(g, prev, cur, opt, mid + 1, hi, bt, opthi);
       hi = mid - 1;
       opthi = bt;
     }
-  }
-  int64_t ub = opthi;
-  for (int64_t i = hi; i >= lo; --i) {
-    const int64_t t_end = std::min(ub, i - 1);
-    const int64_t t_begin = std::min(lower(i), t_end);
-    double best = -std::numeric_limits<double>::infinity();
-    int64_t bt = t_begin;
-    for (int64_t t = t_begin; t <= t_end; ++t) {  // short: a plain scan
-      const double v = prev[t] + g(t, i);
-      if (v > best) {
-        best = v;
-        bt = t;
-      }
-    }
-    cur[i] = best;
-    opt[i] = int32_t(bt);
-    ub = bt;
   }
 }
 
 template <class Gain>
 void dp_layers(const Gain& g, int64_t m, int k, KMeansScratch& s, int64_t* ends) {
   // Layer L (L clusters) is needed for i in [L, m-k+L]: every cluster is non-empty and
-  // the remaining k-L clusters still get a point each.
+  // the remaining k-L clusters still get a point each. opt row L holds layer L's argmax.
   const int64_t span = m - k;
   const size_t row = size_t(m + 1);
   s.prev.resize(m + 1);
@@ -172,17 +98,12 @@ void dp_layers(const Gain& g, int64_t m, int k, KMeansScratch& s, int64_t* ends)
   s.opt.resize(size_t(k + 1) * row);
   for (int64_t i = 1; i <= span + 1; ++i) s.prev[i] = g(0, i);
   for (int L = 2; L < k; ++L) {
-    int32_t* opt = s.opt.data() + size_t(L) * row;
-    const int32_t* lb = L > 2 ? s.opt.data() + size_t(L - 1) * row : nullptr;
-    dc_layer(g, s.prev.data(), s.cur.data(), opt, lb, span + L - 1, L, span + L, L - 1,
+    dc_layer(g, s.prev.data(), s.cur.data(), s.opt.data() + size_t(L) * row, L, span + L, L - 1,
              span + L - 1);
     std::swap(s.prev, s.cur);
   }
-  if (k >= 2) {  // last layer: only i = m
-    const int64_t t0 = k > 2 ? std::max<int64_t>(k - 1, s.opt[size_t(k - 1) * row + size_t(m - 1)]) : k - 1;
-    double best;
-    s.opt[size_t(k) * row + size_t(m)] = int32_t(argmax_t(g, s.prev.data(), m, t0, m - 1, &best));
-  }
+  if (k >= 2)  // the last layer needs only i = m
+    dc_layer(g, s.prev.data(), s.cur.data(), s.opt.data() + size_t(k) * row, m, m, k - 1, m - 1);
   int64_t e = m;
   ends[k - 1] = m;
   for (int L = k; L >= 2; --L) {

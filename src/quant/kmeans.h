@@ -18,9 +18,9 @@ constexpr int64_t kRecipMax = int64_t(1) << 22;
 
 struct KMeansScratch {
   // exact path
-  std::vector<float> xs;                  // sorted values (unweighted)
+  std::vector<float> xs;                    // sorted values (unweighted)
   std::vector<std::pair<float, float>> xw;  // sorted (value, weight) pairs (weighted)
-  std::vector<double> val;                // distinct sorted values
+  std::vector<double> val;                  // distinct sorted values
   // DP input: m weighted points in sorted order (weight, weight * (value - shift))
   std::vector<double> pt_w, pt_s;
   std::vector<double> pw, ps, prev, cur, recip;

@@ -9,6 +9,8 @@
 //   3. each weight takes the index of the nearest stored level fl(c * s) (ties: lower).
 // Threads take whole rows; every result depends only on its row (or, for the tensor
 // codebook, on a serial fit), so the output is bit-identical for any thread count.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -16,8 +18,6 @@
 #include <limits>
 #include <mutex>
 #include <thread>
-
-#include <fmt/format.h>
 
 #include "kmq/error.h"
 #include "kmq/quant.h"
@@ -29,8 +29,16 @@ namespace {
 
 constexpr int kMaxLevels = 16;
 
-float max_finite(DType t) { return t == DType::kF16 ? 65504.0f : t == DType::kBF16 ? bf16_to_f32(0x7f7f) : std::numeric_limits<float>::max(); }
-float min_positive(DType t) { return t == DType::kF16 ? 0x1p-24f : t == DType::kBF16 ? 0x1p-133f : std::numeric_limits<float>::denorm_min(); }
+float max_finite(DType t) {
+  return t == DType::kF16    ? 65504.0f
+         : t == DType::kBF16 ? bf16_to_f32(0x7f7f)
+                             : std::numeric_limits<float>::max();
+}
+float min_positive(DType t) {
+  return t == DType::kF16    ? 0x1p-24f
+         : t == DType::kBF16 ? 0x1p-133f
+                             : std::numeric_limits<float>::denorm_min();
+}
 
 // Nearest value representable in t; overflow clamps to the largest finite value.
 float round_to(DType t, float v) {
@@ -50,7 +58,7 @@ float round_scale(DType t, double v) {
 
 struct Layout {
   int64_t rows, cols;
-  int k;             // 2^bits
+  int k;  // 2^bits
   CodebookScope scope;
   int64_t group;     // weights per codebook (kGroup), else cols
   int64_t n_groups;  // codebooks per row (kGroup), else 1
@@ -76,7 +84,8 @@ void validate(const float* w, int64_t rows, int64_t cols, const QuantSpec& s) {
   if (s.scope == CodebookScope::kGroup && s.group_size < 1)
     fail(fmt::format("group_size = {} must be >= 1", s.group_size));
   if (s.scale_block < 0) fail(fmt::format("scale_block = {} must be >= 0", s.scale_block));
-  if (s.scale_block > 0 && s.scale_mode != ScaleMode::kAbsMax && s.scale_mode != ScaleMode::kAbsMean)
+  if (s.scale_block > 0 && s.scale_mode != ScaleMode::kAbsMax &&
+      s.scale_mode != ScaleMode::kAbsMean)
     fail(fmt::format("scale_mode '{}' needs scale_block = 0", scale_mode_name(s.scale_mode)));
   if (s.codebook_dtype != DType::kF32 && s.codebook_dtype != DType::kF16)
     fail(fmt::format("codebook dtype '{}' not f32 or f16", dtype_name(s.codebook_dtype)));
@@ -148,8 +157,8 @@ void row_scales(const Layout& L, const QuantSpec& spec, const float* wr, float* 
 // The fitting pool of columns [c0, c1) of a row: w / scale, leaving out zero-scale
 // (all-zero) blocks, which every index reconstructs exactly and so must not pull a
 // centroid towards 0. wts gets importance[col] when imp is given. Returns the count.
-int64_t gather(const Layout& L, const float* wr, const float* sc, const float* imp,
-               int64_t c0, int64_t c1, float* vals, float* wts) {
+int64_t gather(const Layout& L, const float* wr, const float* sc, const float* imp, int64_t c0,
+               int64_t c1, float* vals, float* wts) {
   int64_t n = 0;
   for (int64_t j0 = c0; j0 < c1;) {
     int64_t j1 = c1;
@@ -183,8 +192,8 @@ void assign_row(const Layout& L, const std::vector<float>& cbs, int64_t r, const
   float lv[kMaxLevels];
   double th[kMaxLevels];
   for (int64_t j0 = 0; j0 < L.cols;) {
-    int64_t j1 = L.scope == CodebookScope::kGroup ? std::min(L.cols, (j0 / L.group + 1) * L.group)
-                                                  : L.cols;
+    int64_t j1 =
+        L.scope == CodebookScope::kGroup ? std::min(L.cols, (j0 / L.group + 1) * L.group) : L.cols;
     const float* cb = L.cb_of(cbs, r, j0);
     if (L.sb) {
       j1 = std::min(j1, (j0 / L.sb + 1) * L.sb);
@@ -203,9 +212,12 @@ void assign_row(const Layout& L, const std::vector<float>& cbs, int64_t r, const
 
 int64_t QuantizedTensor::n_codebooks() const {
   switch (scope) {
-    case CodebookScope::kTensor: return 1;
-    case CodebookScope::kRow: return rows;
-    case CodebookScope::kGroup: return group_size > 0 ? rows * ((cols + group_size - 1) / group_size) : 0;
+    case CodebookScope::kTensor:
+      return 1;
+    case CodebookScope::kRow:
+      return rows;
+    case CodebookScope::kGroup:
+      return group_size > 0 ? rows * ((cols + group_size - 1) / group_size) : 0;
   }
   return 0;
 }
@@ -216,7 +228,8 @@ double QuantizedTensor::bits_per_weight() const {
   const double index_bits = 8.0 * double(rows) * double(row_bytes());  // row padding included
   const double codebook_bits =
       double(n_codebooks()) * double(int64_t(1) << bits) * 8.0 * double(dtype_size(codebook_dtype));
-  const double scale_bits = double(rows) * double(n_scale_blocks()) * 8.0 * double(dtype_size(scale_dtype));
+  const double scale_bits =
+      double(rows) * double(n_scale_blocks()) * 8.0 * double(dtype_size(scale_dtype));
   return (index_bits + codebook_bits + scale_bits) / n;
 }
 
@@ -302,8 +315,14 @@ QuantizedTensor quantize(const float* w, int64_t rows, int64_t cols, const Quant
 
 void dequantize_row(const QuantizedTensor& q, int64_t r, float* out) {
   if (r < 0 || r >= q.rows) throw Error(fmt::format("dequantize_row: row {} of {}", r, q.rows));
+  if (q.bits < 1 || q.bits > 4 || (q.scope == CodebookScope::kGroup && q.group_size < 1) ||
+      q.scale_block < 0 || int64_t(q.indices.size()) != q.rows * q.row_bytes() ||
+      int64_t(q.codebooks.size()) != q.n_codebooks() * (int64_t(1) << q.bits) ||
+      int64_t(q.scales.size()) != q.rows * q.n_scale_blocks())
+    throw Error("dequantize_row: inconsistent quantized tensor");
   const int64_t k = int64_t(1) << q.bits;
-  const int64_t n_groups = q.scope == CodebookScope::kGroup ? (q.cols + q.group_size - 1) / q.group_size : 1;
+  const int64_t n_groups =
+      q.scope == CodebookScope::kGroup ? (q.cols + q.group_size - 1) / q.group_size : 1;
   const int64_t n_sb = q.n_scale_blocks();
   const uint8_t* row = q.indices.data() + r * q.row_bytes();
   for (int64_t j = 0; j < q.cols; ++j) {
