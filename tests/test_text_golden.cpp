@@ -2,12 +2,12 @@
 // sentencepiece (models/*/golden.json, tokenizers/llama3-hf/golden.json), the loaders of
 // Hugging Face directories, and the speed of encoding a whole book.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-
-#include <fmt/format.h>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "kmq/tokenizer.h"
@@ -71,7 +71,8 @@ TEST_CASE("kmq-novels-51m: golden tokenizer ids and prompts") {
 }
 
 TEST_CASE("GPT-2: tokenizer.json and vocab.json+merges.txt agree") {
-  if (!test::have_shared("tokenizers/gpt2-bpe/gpt2_vocab.json") || !test::have_shared("models/kmq-novels-51m/tokenizer.json"))
+  if (!test::have_shared("tokenizers/gpt2-bpe/gpt2_vocab.json") ||
+      !test::have_shared("models/kmq-novels-51m/tokenizer.json"))
     return;
   const auto dir = test::shared_dir() / "tokenizers/gpt2-bpe";
   const auto a = load_tokenizer_gpt2_files(dir / "gpt2_vocab.json", dir / "gpt2_merges.txt");
@@ -83,7 +84,8 @@ TEST_CASE("GPT-2: tokenizer.json and vocab.json+merges.txt agree") {
 }
 
 TEST_CASE("WikiText-2 and the held-out novel: token counts and encode speed") {
-  if (!test::have_shared("text/wiki.test.raw") || !test::have_shared("models/kmq-novels-51m/golden.json")) return;
+  if (!test::have_shared("text/wiki.test.raw") || !test::have_shared("models/kmq-novels-51m/golden.json"))
+    return;
   const auto dir = test::shared_dir() / "models/kmq-novels-51m";
   const Tokenizer tok(load_tokenizer_hf_dir(dir));
   const Json g = read_json(dir / "golden.json");
@@ -101,8 +103,46 @@ TEST_CASE("WikiText-2 and the held-out novel: token counts and encode speed") {
   CHECK(ids2.size() == g["heldout_treasure"]["text_tokens"].get<size_t>());
 }
 
+TEST_CASE("WikiText-2 with the Llama-2 and Llama-3 tokenizers: speed and round trip") {
+  if (!test::have_shared("text/wiki.test.raw")) return;
+  const std::string wiki = read_text_file(test::shared_dir() / "text/wiki.test.raw");
+  const auto s = test::shared_dir();
+  std::vector<std::pair<std::string, std::function<TokenizerData()>>> cases;
+  if (test::have_shared("tokenizers/llama2-spm/tokenizer.model"))
+    cases.emplace_back("llama2-spm",
+                       [&] { return load_tokenizer_spm_model(s / "tokenizers/llama2-spm/tokenizer.model"); });
+  if (test::have_shared("tokenizers/llama3-tiktoken/tokenizer.model"))
+    cases.emplace_back("llama3-tiktoken", [&] {
+      return load_tokenizer_tiktoken(s / "tokenizers/llama3-tiktoken/tokenizer.model");
+    });
+  for (const auto& [name, load] : cases) {
+    const Tokenizer tok(load());
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto ids = tok.encode(wiki, false);
+    const double secs = seconds_since(t0);
+    MESSAGE(fmt::format("{}: wiki.test.raw -> {} tokens in {:.3f} s", name, ids.size(), secs));
+    CHECK(secs < 4.0);  // generous: sanitizer builds run this too
+    CHECK(tok.decode(ids) == wiki);
+  }
+}
+
+// SentencePiece encodes word by word when no piece has U+2581 after another character; a
+// vocabulary with one such piece takes the whole-text path. Both must agree.
+TEST_CASE("SentencePiece: word-by-word encoding equals whole-text encoding") {
+  if (!test::have_shared("text/wiki.test.raw") || !test::have_shared("tokenizers/llama2-spm/tokenizer.model")) return;
+  const std::string wiki = read_text_file(test::shared_dir() / "text/wiki.test.raw").substr(0, 200000);
+  TokenizerData d = load_tokenizer_spm_model(test::shared_dir() / "tokenizers/llama2-spm/tokenizer.model");
+  const Tokenizer words(d);
+  d.tokens.push_back("\x01\xE2\x96\x81\x01");  // never occurs in the text
+  d.scores.push_back(-1e9f);
+  d.types.push_back(TokenType::kUnused);
+  const Tokenizer whole(d);
+  CHECK(words.encode(wiki) == whole.encode(wiki));
+}
+
 TEST_CASE("stories260K: tok512.model, tok512.bin and the HF directory") {
-  if (!test::have_shared("models/stories260K/golden.json") || !test::have_shared("models/stories260K-hf/tokenizer.model"))
+  if (!test::have_shared("models/stories260K/golden.json") ||
+      !test::have_shared("models/stories260K-hf/tokenizer.model"))
     return;
   const auto dir = test::shared_dir() / "models/stories260K";
   const Json g = read_json(dir / "golden.json");
@@ -141,12 +181,14 @@ TEST_CASE("stories260K: tok512.model, tok512.bin and the HF directory") {
 }
 
 TEST_CASE("Llama-3: Hugging Face tokenizer.json agrees with tiktoken and with its golden ids") {
-  if (!test::have_shared("tokenizers/llama3-hf/tokenizer.json.gz") || !test::have_shared("tokenizers/llama3-tiktoken/tokenizer.model"))
+  if (!test::have_shared("tokenizers/llama3-hf/tokenizer.json.gz") ||
+      !test::have_shared("tokenizers/llama3-tiktoken/tokenizer.model"))
     return;
   const auto hf_dir = llama3_hf_dir();
   const Tokenizer hf(load_tokenizer_hf_dir(hf_dir));
   std::filesystem::remove_all(hf_dir);  // 17 MB
-  const Tokenizer tt(load_tokenizer_tiktoken(test::shared_dir() / "tokenizers/llama3-tiktoken/tokenizer.model"));
+  const Tokenizer tt(
+      load_tokenizer_tiktoken(test::shared_dir() / "tokenizers/llama3-tiktoken/tokenizer.model"));
   const Json g = read_json(test::shared_dir() / "tokenizers/llama3-hf/golden.json");
   CHECK(hf.n_vocab() == 128256);
   CHECK(hf.data().tokens == tt.data().tokens);  // same bytes, same special-token list
@@ -177,6 +219,6 @@ TEST_CASE("Llama-3: Hugging Face tokenizer.json agrees with tiktoken and with it
     }
   }
   CHECK(tt.data().eos_id == 128001);
-  CHECK(hf.data().eos_id == 128009);  // tokenizer_config.json's eos_token is <|eot_id|>
+  CHECK(hf.data().eos_id == 128009);       // tokenizer_config.json's eos_token is <|eot_id|>
   CHECK(tt.decode_token(128009).empty());  // control tokens decode to ""
 }

@@ -6,9 +6,8 @@
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <random>
-
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "kmq/error.h"
 #include "kmq/tokenizer.h"
@@ -97,11 +96,16 @@ TEST_CASE("JSON round trip: hand-made tokenizer with non-UTF-8 bytes and odd flo
 TEST_CASE("JSON round trip: every real tokenizer") {
   const auto s = test::shared_dir();
   std::vector<std::pair<std::string, std::function<TokenizerData()>>> cases = {
-      {"tokenizers/llama2-spm/tokenizer.model", [&] { return load_tokenizer_spm_model(s / "tokenizers/llama2-spm/tokenizer.model"); }},
-      {"models/stories260K/tok512.bin", [&] { return load_tokenizer_llama2c(s / "models/stories260K/tok512.bin", 512); }},
-      {"models/stories260K-hf/tokenizer.model", [&] { return load_tokenizer_hf_dir(s / "models/stories260K-hf"); }},
-      {"models/kmq-novels-51m/tokenizer.json", [&] { return load_tokenizer_hf_dir(s / "models/kmq-novels-51m"); }},
-      {"tokenizers/llama3-tiktoken/tokenizer.model", [&] { return load_tokenizer_tiktoken(s / "tokenizers/llama3-tiktoken/tokenizer.model"); }},
+      {"tokenizers/llama2-spm/tokenizer.model",
+       [&] { return load_tokenizer_spm_model(s / "tokenizers/llama2-spm/tokenizer.model"); }},
+      {"models/stories260K/tok512.bin",
+       [&] { return load_tokenizer_llama2c(s / "models/stories260K/tok512.bin", 512); }},
+      {"models/stories260K-hf/tokenizer.model",
+       [&] { return load_tokenizer_hf_dir(s / "models/stories260K-hf"); }},
+      {"models/kmq-novels-51m/tokenizer.json",
+       [&] { return load_tokenizer_hf_dir(s / "models/kmq-novels-51m"); }},
+      {"tokenizers/llama3-tiktoken/tokenizer.model",
+       [&] { return load_tokenizer_tiktoken(s / "tokenizers/llama3-tiktoken/tokenizer.model"); }},
   };
   for (const auto& [rel, load] : cases) {
     if (!test::have_shared(rel)) continue;
@@ -170,8 +174,10 @@ TEST_CASE("JSON reader survives random corruption") {
     Json j = good;
     const std::string& key = keys[rng() % keys.size()];
     Json& v = j[key];
-    if (v.is_array() && !v.empty() && rng() % 2) v[rng() % v.size()] = junk[rng() % junk.size()];
-    else v = junk[rng() % junk.size()];
+    if (v.is_array() && !v.empty() && rng() % 2)
+      v[rng() % v.size()] = junk[rng() % junk.size()];
+    else
+      v = junk[rng() % junk.size()];
     try {
       const Tokenizer tok(tokenizer_from_json(j, "fuzz"));
       (void)tok.encode("ab x\xff", true, true);

@@ -1,17 +1,15 @@
 // Tokenizer test vectors from llama.cpp (tokenizers/test-vectors/*.inp/.out): inputs are
 // separated by "\n__ggml_vocab_test__\n", each output line holds the ids without BOS.
 #include <doctest/doctest.h>
-
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
-#include <tuple>
-#include <unordered_map>
-
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
+#include <unordered_map>
 
 #include "kmq/tokenizer.h"
 #include "test_util.h"
@@ -78,7 +76,8 @@ TEST_CASE("llama-spm vectors (Llama-2 SentencePiece tokenizer.model)") {
 
 TEST_CASE("llama-spm vectors (llama2.c tokenizer.bin)") {
   if (!test::have_shared("tokenizers/llama2-spm/tokenizer.bin")) return;
-  const Tokenizer tok(load_tokenizer_llama2c(test::shared_dir() / "tokenizers/llama2-spm/tokenizer.bin", 32000));
+  const Tokenizer tok(
+      load_tokenizer_llama2c(test::shared_dir() / "tokenizers/llama2-spm/tokenizer.bin", 32000));
   check_vectors(tok, "ggml-vocab-llama-spm.gguf");
 }
 
@@ -98,7 +97,8 @@ TEST_CASE("gpt-2 vectors (kmq-novels-51m tokenizer.json)") {
 
 TEST_CASE("llama-bpe vectors (Llama-3 tiktoken tokenizer.model)") {
   if (!test::have_shared("tokenizers/llama3-tiktoken/tokenizer.model")) return;
-  const Tokenizer tok(load_tokenizer_tiktoken(test::shared_dir() / "tokenizers/llama3-tiktoken/tokenizer.model"));
+  const Tokenizer tok(
+      load_tokenizer_tiktoken(test::shared_dir() / "tokenizers/llama3-tiktoken/tokenizer.model"));
   CHECK(tok.n_vocab() == 128256);
   check_vectors(tok, "ggml-vocab-llama-bpe.gguf");
 }
@@ -108,7 +108,8 @@ TEST_CASE("llama-bpe vectors (Llama-3 tiktoken tokenizer.model)") {
 // SentencePiece-style tokenizer.json path is held to the same vectors.
 TEST_CASE("llama-spm vectors (SentencePiece-style tokenizer.json)") {
   if (!test::have_shared("tokenizers/llama2-spm/tokenizer.model")) return;
-  const TokenizerData spm = load_tokenizer_spm_model(test::shared_dir() / "tokenizers/llama2-spm/tokenizer.model");
+  const TokenizerData spm =
+      load_tokenizer_spm_model(test::shared_dir() / "tokenizers/llama2-spm/tokenizer.model");
   nlohmann::json vocab = nlohmann::json::object();
   std::unordered_map<std::string, int32_t> ids;
   for (size_t i = 0; i < spm.tokens.size(); ++i) {
@@ -145,10 +146,17 @@ TEST_CASE("llama-spm vectors (SentencePiece-style tokenizer.json)") {
       {"pre_tokenizer", nullptr},
       {"post_processor",
        {{"type", "TemplateProcessing"},
-        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"single",
+         {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
         {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
       {"decoder", {{"type", "Sequence"}, {"decoders", {{{"type", "ByteFallback"}}}}}},
-      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}, {"unk_token", "<unk>"}, {"byte_fallback", true}}},
+      {"model",
+       {{"type", "BPE"},
+        {"vocab", vocab},
+        {"merges", merges},
+        {"unk_token", "<unk>"},
+        {"byte_fallback", true}}},
   };
   const auto path = test::temp_path("llama2-tokenizer.json");
   {

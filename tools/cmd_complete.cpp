@@ -62,8 +62,8 @@ Runner add_complete(CLI::App& app) {
     auto ids = tok.encode(prompt, !o->no_bos, true);  // special-token text is parsed, as transformers does
     const int64_t n_ctx = o->ctx > 0 ? o->ctx : model->config().max_seq;
     if (int64_t(ids.size()) >= n_ctx)
-      throw Error(fmt::format("the prompt has {} tokens, which does not fit the context of {} tokens "
-                              "(shorten it, or raise --ctx up to {})", ids.size(), n_ctx, model->config().max_seq));
+      throw Error(fmt::format("{}: the prompt has {} tokens, which does not fit the context of {} tokens "
+                              "(shorten it, or raise --ctx up to {})", o->model, ids.size(), n_ctx, model->config().max_seq));
     auto session = model->new_session(n_ctx);
     fmt::print(stderr, "kmq: {} on {}; prompt {} tokens\n", o->model, model->backend_name(), ids.size());
     GenerateOptions go;

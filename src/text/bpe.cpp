@@ -2,10 +2,10 @@
 // candidate pairs ordered by (rank, position), entries checked for staleness when popped.
 #include "text/bpe.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <string>
-
-#include <fmt/format.h>
 
 #include "kmq/error.h"
 
@@ -20,9 +20,9 @@ uint64_t pair_key(int32_t a, int32_t b) { return uint64_t(uint32_t(a)) << 32 | u
 
 struct BpeEncoder::Scratch {
   struct Symbol {
-    int32_t id;            // current token id (-1: a byte with no token)
-    int32_t prev, next;    // live list (-1 = none)
-    uint32_t start, len;   // byte range in the piece; len 0 = merged away
+    int32_t id;           // current token id (-1: a byte with no token)
+    int32_t prev, next;   // live list (-1 = none)
+    uint32_t start, len;  // byte range in the piece; len 0 = merged away
   };
   struct Cand {
     int32_t rank, left, right, left_id, right_id, new_id;
@@ -75,7 +75,8 @@ void BpeEncoder::encode_piece(std::string_view piece, std::vector<int32_t>& out,
   heap.clear();
   for (size_t i = 0; i < piece.size(); ++i) {
     const int32_t k = int32_t(i);
-    sym.push_back({byte_ids_[uint8_t(piece[i])], k - 1, k + 1 < int32_t(piece.size()) ? k + 1 : -1, uint32_t(i), 1});
+    sym.push_back(
+        {byte_ids_[uint8_t(piece[i])], k - 1, k + 1 < int32_t(piece.size()) ? k + 1 : -1, uint32_t(i), 1});
   }
   const Scratch::Worse worse;
   const auto try_pair = [&](int32_t l, int32_t r) {
@@ -113,8 +114,10 @@ void BpeEncoder::encode_piece(std::string_view piece, std::vector<int32_t>& out,
     try_pair(c.left, sym[c.left].next);
   }
   for (int32_t k = sym.empty() ? -1 : 0; k >= 0; k = sym[k].next) {
-    if (sym[k].id >= 0) out.push_back(sym[k].id);
-    else if (d_.unk_id >= 0) out.push_back(d_.unk_id);  // a byte the vocabulary lacks
+    if (sym[k].id >= 0)
+      out.push_back(sym[k].id);
+    else if (d_.unk_id >= 0)
+      out.push_back(d_.unk_id);  // a byte the vocabulary lacks
   }
 }
 

@@ -33,10 +33,10 @@ class BpeEncoder {
 
   const TokenizerData& d_;
   PreTokenizer pre_;
-  bool rank_mode_;                                      // no merges: tiktoken ranks
+  bool rank_mode_;                                       // no merges: tiktoken ranks
   std::unordered_map<std::string_view, int32_t> vocab_;  // normal tokens: bytes -> id
-  std::unordered_map<uint64_t, Merge> merges_;          // (left id << 32 | right id) -> merge
-  std::array<int32_t, 256> byte_ids_{};                 // single-byte tokens, -1 if absent
+  std::unordered_map<uint64_t, Merge> merges_;           // (left id << 32 | right id) -> merge
+  std::array<int32_t, 256> byte_ids_{};                  // single-byte tokens, -1 if absent
 };
 
 }  // namespace kmq::text

@@ -1,9 +1,8 @@
 // Hugging Face tokenizer.json / tokenizer_config.json reading, shared by the HF loaders.
 #pragma once
 #include <filesystem>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "kmq/tokenizer.h"
 

@@ -1,7 +1,7 @@
 // Hugging Face tokenizer.json (BPE models) and GPT-2's vocab.json + merges.txt.
-#include <algorithm>
-
 #include <fmt/format.h>
+
+#include <algorithm>
 
 #include "kmq/error.h"
 #include "text/hf_json.h"
@@ -41,7 +41,8 @@ void for_each_component(const Json& j, const char* list_key, Fn&& fn) {
 
 int64_t checked_id(const Json& v, const std::string& what) {
   if (!v.is_number_integer()) throw Error(what + ": id is not an integer");
-  const int64_t id = v.is_number_unsigned() ? int64_t(std::min<uint64_t>(v.get<uint64_t>(), kMaxVocab)) : v.get<int64_t>();
+  const int64_t id =
+      v.is_number_unsigned() ? int64_t(std::min<uint64_t>(v.get<uint64_t>(), kMaxVocab)) : v.get<int64_t>();
   if (id < 0 || size_t(id) >= kMaxVocab) throw Error(fmt::format("{}: id {} out of range", what, id));
   return id;
 }
@@ -67,10 +68,12 @@ std::string unmap_gpt2(const std::string& s, const std::string& what) {
 
 // Reads model.vocab into d.tokens (mapped through `conv`), with holes as kUnused.
 template <class Conv>
-void read_vocab(TokenizerData& d, const Json& vocab, const Json* added, const std::string& where, Conv&& conv) {
+void read_vocab(TokenizerData& d, const Json& vocab, const Json* added, const std::string& where,
+                Conv&& conv) {
   if (!vocab.is_object()) throw Error(where + ": model.vocab is not an object");
   int64_t max_id = -1;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) max_id = std::max(max_id, checked_id(it.value(), where + ": vocab '" + it.key() + "'"));
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    max_id = std::max(max_id, checked_id(it.value(), where + ": vocab '" + it.key() + "'"));
   size_t count = vocab.size();
   if (added && added->is_array()) {
     for (const auto& a : *added) {
@@ -80,7 +83,8 @@ void read_vocab(TokenizerData& d, const Json& vocab, const Json* added, const st
     count += added->size();
   }
   if (max_id < 0) throw Error(where + ": empty vocabulary");
-  if (size_t(max_id) >= 2 * count + 1024) throw Error(fmt::format("{}: id {} is implausible for {} tokens", where, max_id, count));
+  if (size_t(max_id) >= 2 * count + 1024)
+    throw Error(fmt::format("{}: id {} is implausible for {} tokens", where, max_id, count));
   d.tokens.assign(size_t(max_id) + 1, std::string());
   d.types.assign(size_t(max_id) + 1, TokenType::kUnused);
   // Added tokens first: their content is raw text, and a vocab entry with the same id is
@@ -89,7 +93,8 @@ void read_vocab(TokenizerData& d, const Json& vocab, const Json* added, const st
     for (const auto& a : *added) {
       const size_t id = size_t(a["id"].get<int64_t>());
       const auto c = a.find("content");
-      if (c == a.end() || !c->is_string()) throw Error(fmt::format("{}: added token {} has no content", where, id));
+      if (c == a.end() || !c->is_string())
+        throw Error(fmt::format("{}: added token {} has no content", where, id));
       d.tokens[id] = c->get<std::string>();
       d.types[id] = bool_or(a, "special", false) ? TokenType::kControl : TokenType::kUserDefined;
     }
@@ -130,7 +135,8 @@ void read_post_processor(TokenizerData& d, const Json& pp, const std::string& wh
         if (ids.is_array() && ids.size() == 1) id = int32_t(checked_id(ids[0], where + ": post_processor"));
       }
       if (id < 0) id = find_token(d, name);
-      if (id < 0 || size_t(id) >= d.tokens.size()) throw Error(where + ": post_processor token '" + name + "' is not a token");
+      if (id < 0 || size_t(id) >= d.tokens.size())
+        throw Error(where + ": post_processor token '" + name + "' is not a token");
       if (!seen_seq) {
         d.bos_id = id;
         d.add_bos = true;
@@ -155,7 +161,8 @@ std::string read_pre_tokenizer(const Json& j, const std::string& where) {
       if (!name.empty() && name != n) throw Error(where + ": several Split pre-tokenizers are not supported");
       name = n;
     } else if (type == "ByteLevel") {
-      if (bool_or(c, "add_prefix_space", false)) throw Error(where + ": ByteLevel add_prefix_space=true is not supported");
+      if (bool_or(c, "add_prefix_space", false))
+        throw Error(where + ": ByteLevel add_prefix_space=true is not supported");
       byte_level_regex = bool_or(c, "use_regex", true);
     } else {
       throw Error(where + ": unsupported pre-tokenizer type '" + type + "'");
@@ -201,12 +208,15 @@ Json read_json_file(const std::filesystem::path& path) {
 }
 
 TokenizerData hf_tokenizer_json_to_data(const Json& j, const std::string& where) {
-  if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) throw Error(where + ": no \"model\" object");
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
+    throw Error(where + ": no \"model\" object");
   const Json& model = j["model"];
   const std::string type = str_or(model, "type", "BPE");
   if (type != "BPE") throw Error(where + ": model type '" + type + "' is not supported (only BPE)");
   const Json null_json;
-  const auto get = [&](const Json& o, const char* k) -> const Json& { return o.contains(k) ? o[k] : null_json; };
+  const auto get = [&](const Json& o, const char* k) -> const Json& {
+    return o.contains(k) ? o[k] : null_json;
+  };
   const Json& pre = get(j, "pre_tokenizer");
   const Json& dec = get(j, "decoder");
   const Json& norm = get(j, "normalizer");
@@ -214,14 +224,16 @@ TokenizerData hf_tokenizer_json_to_data(const Json& j, const std::string& where)
   const bool byte_level = mentions(pre, "\"ByteLevel\"") || mentions(dec, "\"ByteLevel\"");
   const bool spm_style = bool_or(model, "byte_fallback", false) || mentions(pre, "Metaspace") ||
                          mentions(dec, "Metaspace") || mentions(norm, "\xE2\x96\x81");
-  if (!model.contains("merges") || !model["merges"].is_array()) throw Error(where + ": model.merges is not an array");
+  if (!model.contains("merges") || !model["merges"].is_array())
+    throw Error(where + ": model.merges is not an array");
   const Json& merges = model["merges"];
 
   TokenizerData d;
   if (byte_level) {
     d.kind = TokenizerKind::kBpe;
     d.pre_tokenizer = read_pre_tokenizer(pre, where);
-    read_vocab(d, get(model, "vocab"), added, where, [&](const std::string& s) { return unmap_gpt2(s, where + ": vocab"); });
+    read_vocab(d, get(model, "vocab"), added, where,
+               [&](const std::string& s) { return unmap_gpt2(s, where + ": vocab"); });
     d.merges.reserve(merges.size());
     for (size_t r = 0; r < merges.size(); ++r) {
       auto [a, b] = merge_pair(merges[r], r, where);
@@ -235,7 +247,8 @@ TokenizerData hf_tokenizer_json_to_data(const Json& j, const std::string& where)
     read_vocab(d, get(model, "vocab"), added, where, [](const std::string& s) { return s; });
     d.byte_fallback = bool_or(model, "byte_fallback", false);
     for (size_t i = 0; i < d.tokens.size(); ++i)
-      if (d.types[i] == TokenType::kNormal && parse_byte_piece(d.tokens[i]) >= 0) d.types[i] = TokenType::kByte;
+      if (d.types[i] == TokenType::kNormal && parse_byte_piece(d.tokens[i]) >= 0)
+        d.types[i] = TokenType::kByte;
     // sentencepiece merges by the score of the merged piece: the earlier its first merge
     // rule, the higher. Pieces no rule produces score below all of them.
     d.scores.assign(d.tokens.size(), -1e9f);
@@ -248,7 +261,8 @@ TokenizerData hf_tokenizer_json_to_data(const Json& j, const std::string& where)
       if (it != ids.end()) d.scores[it->second] = std::max(d.scores[it->second], -float(r));
     }
     d.add_dummy_prefix = mentions(norm, "Prepend") || mentions(pre, "\"prepend_scheme\":\"always\"") ||
-                         mentions(pre, "\"prepend_scheme\":\"first\"") || mentions(pre, "\"add_prefix_space\":true");
+                         mentions(pre, "\"prepend_scheme\":\"first\"") ||
+                         mentions(pre, "\"add_prefix_space\":true");
     d.remove_extra_whitespaces = false;
   } else {
     throw Error(where + ": neither a byte-level nor a SentencePiece-style BPE tokenizer");
@@ -272,7 +286,8 @@ TokenizerData load_tokenizer_hf_json(const std::filesystem::path& tokenizer_json
   return text::hf_tokenizer_json_to_data(text::read_json_file(tokenizer_json), tokenizer_json.string());
 }
 
-TokenizerData load_tokenizer_gpt2_files(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt) {
+TokenizerData load_tokenizer_gpt2_files(const std::filesystem::path& vocab_json,
+                                        const std::filesystem::path& merges_txt) {
   const std::string where = vocab_json.string();
   const nlohmann::json vocab = text::read_json_file(vocab_json);
   TokenizerData d;
@@ -280,7 +295,8 @@ TokenizerData load_tokenizer_gpt2_files(const std::filesystem::path& vocab_json,
   d.pre_tokenizer = "gpt2";
   d.add_dummy_prefix = false;
   d.byte_fallback = false;
-  text::read_vocab(d, vocab, nullptr, where, [&](const std::string& s) { return text::unmap_gpt2(s, where); });
+  text::read_vocab(d, vocab, nullptr, where,
+                   [&](const std::string& s) { return text::unmap_gpt2(s, where); });
   const std::string merges = read_text_file(merges_txt);
   size_t line_no = 0;
   for (size_t pos = 0; pos < merges.size();) {

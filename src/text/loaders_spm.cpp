@@ -1,8 +1,8 @@
 // SentencePiece loaders: the protobuf tokenizer.model (BPE models only) and llama2.c's
 // tokenizer.bin. Both produce TokenizerKind::kSpm data.
-#include <cstring>
-
 #include <fmt/format.h>
+
+#include <cstring>
 
 #include "kmq/error.h"
 #include "kmq/tokenizer.h"
@@ -20,8 +20,8 @@ constexpr uint32_t kModelPieces = 1, kModelTrainerSpec = 2, kModelNormalizerSpec
 constexpr uint32_t kPieceText = 1, kPieceScore = 2, kPieceType = 3;
 constexpr uint32_t kTrainerModelType = 3, kTrainerTreatWsAsSuffix = 24, kTrainerByteFallback = 35,
                    kTrainerUnkId = 40, kTrainerBosId = 41, kTrainerEosId = 42, kTrainerPadId = 43;
-constexpr uint32_t kNormName = 1, kNormCharsmap = 2, kNormAddDummyPrefix = 3,
-                   kNormRemoveExtraWs = 4, kNormEscapeWs = 5;
+constexpr uint32_t kNormName = 1, kNormCharsmap = 2, kNormAddDummyPrefix = 3, kNormRemoveExtraWs = 4,
+                   kNormEscapeWs = 5;
 constexpr int kModelTypeUnigram = 1, kModelTypeBpe = 2;
 
 int32_t id_or_none(int32_t id, size_t n) { return id >= 0 && size_t(id) < n ? id : -1; }
@@ -76,14 +76,29 @@ TokenizerData text::parse_spm_model_proto(std::string_view buf, const std::strin
       while (tr.next(g)) {
         if (g.wire != 0) continue;
         switch (g.number) {
-          case kTrainerModelType: model_type = g.as_int32(); break;
-          case kTrainerTreatWsAsSuffix: treat_ws_as_suffix = g.value != 0; break;
-          case kTrainerByteFallback: byte_fallback = g.value != 0; break;
-          case kTrainerUnkId: unk_id = g.as_int32(); break;
-          case kTrainerBosId: bos_id = g.as_int32(); break;
-          case kTrainerEosId: eos_id = g.as_int32(); break;
-          case kTrainerPadId: pad_id = g.as_int32(); break;
-          default: break;
+          case kTrainerModelType:
+            model_type = g.as_int32();
+            break;
+          case kTrainerTreatWsAsSuffix:
+            treat_ws_as_suffix = g.value != 0;
+            break;
+          case kTrainerByteFallback:
+            byte_fallback = g.value != 0;
+            break;
+          case kTrainerUnkId:
+            unk_id = g.as_int32();
+            break;
+          case kTrainerBosId:
+            bos_id = g.as_int32();
+            break;
+          case kTrainerEosId:
+            eos_id = g.as_int32();
+            break;
+          case kTrainerPadId:
+            pad_id = g.as_int32();
+            break;
+          default:
+            break;
         }
       }
     } else if (f.number == kModelNormalizerSpec) {
@@ -91,11 +106,16 @@ TokenizerData text::parse_spm_model_proto(std::string_view buf, const std::strin
       ProtoReader nr(f.bytes, where + ": normalizer_spec");
       ProtoField g;
       while (nr.next(g)) {
-        if (g.number == kNormName && g.wire == 2) norm_name.assign(g.bytes);
-        else if (g.number == kNormCharsmap && g.wire == 2) charsmap_size = g.bytes.size();
-        else if (g.number == kNormAddDummyPrefix && g.wire == 0) add_dummy_prefix = g.value != 0;
-        else if (g.number == kNormRemoveExtraWs && g.wire == 0) remove_extra_ws = g.value != 0;
-        else if (g.number == kNormEscapeWs && g.wire == 0) escape_ws = g.value != 0;
+        if (g.number == kNormName && g.wire == 2)
+          norm_name.assign(g.bytes);
+        else if (g.number == kNormCharsmap && g.wire == 2)
+          charsmap_size = g.bytes.size();
+        else if (g.number == kNormAddDummyPrefix && g.wire == 0)
+          add_dummy_prefix = g.value != 0;
+        else if (g.number == kNormRemoveExtraWs && g.wire == 0)
+          remove_extra_ws = g.value != 0;
+        else if (g.number == kNormEscapeWs && g.wire == 0)
+          escape_ws = g.value != 0;
       }
     }
   }
@@ -104,8 +124,9 @@ TokenizerData text::parse_spm_model_proto(std::string_view buf, const std::strin
     throw Error(fmt::format("{}: SentencePiece model_type {} ({}) is not supported, only BPE (2)", where,
                             model_type, model_type == kModelTypeUnigram ? "unigram" : "other"));
   if (charsmap_size != 0 && norm_name != "identity")
-    throw Error(fmt::format("{}: normalizer '{}' with a precompiled charsmap is not supported (only identity)",
-                            where, norm_name));
+    throw Error(
+        fmt::format("{}: normalizer '{}' with a precompiled charsmap is not supported (only identity)", where,
+                    norm_name));
   if (treat_ws_as_suffix) throw Error(where + ": treat_whitespace_as_suffix is not supported");
   if (!escape_ws) throw Error(where + ": escape_whitespaces=false is not supported");
 
@@ -126,8 +147,8 @@ TokenizerData text::parse_spm_model_proto(std::string_view buf, const std::strin
 
 TokenizerData load_tokenizer_spm_model(const std::filesystem::path& model_file) {
   MappedFile f(model_file);
-  return text::parse_spm_model_proto(
-      std::string_view(reinterpret_cast<const char*>(f.data()), f.size()), model_file.string());
+  return text::parse_spm_model_proto(std::string_view(reinterpret_cast<const char*>(f.data()), f.size()),
+                                     model_file.string());
 }
 
 TokenizerData load_tokenizer_llama2c(const std::filesystem::path& bin_file, int64_t n_vocab) {
@@ -135,7 +156,8 @@ TokenizerData load_tokenizer_llama2c(const std::filesystem::path& bin_file, int6
   MappedFile f(bin_file);
   const auto* p = f.data();
   const size_t size = f.size();
-  if (n_vocab > int64_t(text::kMaxVocab)) throw Error(fmt::format("{}: n_vocab {} too large", where, n_vocab));
+  if (n_vocab > int64_t(text::kMaxVocab))
+    throw Error(fmt::format("{}: n_vocab {} too large", where, n_vocab));
   if (size < 4) throw Error(where + ": too short for a llama2.c tokenizer (no max_token_length)");
   int32_t max_len;
   std::memcpy(&max_len, p, 4);
@@ -157,7 +179,8 @@ TokenizerData load_tokenizer_llama2c(const std::filesystem::path& bin_file, int6
     std::memcpy(&len, p + pos + 4, 4);
     pos += 8;
     if (len < 0 || size_t(len) > size - pos)
-      throw Error(fmt::format("{}: token {}: length {} at offset {} past end of file", where, id, len, pos - 4));
+      throw Error(
+          fmt::format("{}: token {}: length {} at offset {} past end of file", where, id, len, pos - 4));
     std::string t(reinterpret_cast<const char*>(p + pos), size_t(len));
     pos += size_t(len);
     // llama2.c's export wrote "\n<s>\n" / "\n</s>\n" for BOS/EOS and replaced U+2581 by ' '.
@@ -184,8 +207,8 @@ TokenizerData load_tokenizer_llama2c(const std::filesystem::path& bin_file, int6
   d.bos_id = 1;
   d.eos_id = 2;
   d.add_bos = true;
-  d.add_dummy_prefix = true;            // llama2.c's encoder prepends " "
-  d.remove_extra_whitespaces = false;   // and never collapses spaces
+  d.add_dummy_prefix = true;           // llama2.c's encoder prepends " "
+  d.remove_extra_whitespaces = false;  // and never collapses spaces
   d.byte_fallback = true;
   text::set_eog_ids(d);
   text::validate_tokenizer_data(d, where);

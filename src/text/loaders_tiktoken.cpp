@@ -1,9 +1,9 @@
 // tiktoken rank files (Llama-3 tokenizer.model): one "<base64 bytes> <rank>" per line; the
 // rank is the token id and the merge priority (TokenizerData.merges stays empty).
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <charconv>
-
-#include <fmt/format.h>
 
 #include "kmq/error.h"
 #include "kmq/tokenizer.h"
@@ -20,11 +20,20 @@ constexpr size_t kLlama3Specials = 256;
 
 // The Llama 3.2 special-token list (ids 128000..128255), as in Meta's Hugging Face releases.
 std::vector<std::string> llama3_special_tokens() {
-  std::vector<std::string> s = {"<|begin_of_text|>",  "<|end_of_text|>",   "<|reserved_special_token_0|>",
-                                "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
-                                "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-                                "<|eot_id|>",          "<|python_tag|>",    "<|image|>"};
-  for (int i = 2; s.size() < kLlama3Specials; ++i) s.push_back(fmt::format("<|reserved_special_token_{}|>", i));
+  std::vector<std::string> s = {"<|begin_of_text|>",
+                                "<|end_of_text|>",
+                                "<|reserved_special_token_0|>",
+                                "<|reserved_special_token_1|>",
+                                "<|finetune_right_pad_id|>",
+                                "<|step_id|>",
+                                "<|start_header_id|>",
+                                "<|end_header_id|>",
+                                "<|eom_id|>",
+                                "<|eot_id|>",
+                                "<|python_tag|>",
+                                "<|image|>"};
+  for (int i = 2; s.size() < kLlama3Specials; ++i)
+    s.push_back(fmt::format("<|reserved_special_token_{}|>", i));
   return s;
 }
 
@@ -38,7 +47,8 @@ bool looks_like_tiktoken(std::string_view head) {
   if (sp == std::string_view::npos || sp == 0 || sp + 1 >= line.size()) return false;
   for (size_t i = 0; i < sp; ++i) {
     const char c = line[i];
-    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/' || c == '='))
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+          c == '/' || c == '='))
       return false;
   }
   for (size_t i = sp + 1; i < line.size(); ++i)

@@ -4,11 +4,11 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "text/pretokenize.h"
 
-#include <array>
-#include <memory>
-
 #include <fmt/format.h>
 #include <pcre2.h>
+
+#include <array>
+#include <memory>
 
 #include "kmq/error.h"
 
@@ -105,7 +105,7 @@ void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& o
     }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
     size_t b = ov[0], e = ov[1];
-    if (b < pos || e > text.size() || e < b) break;  // cannot happen; stay safe
+    if (b < pos || e > text.size() || e < b) break;         // cannot happen; stay safe
     if (b > pos) out.push_back(text.substr(pos, b - pos));  // unmatched bytes
     if (e == b) {  // empty match (no pattern allows one): step over one byte
       e = b + 1;

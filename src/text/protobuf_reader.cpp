@@ -1,9 +1,9 @@
 // Minimal protobuf wire-format reader (see protobuf_reader.h).
 #include "text/protobuf_reader.h"
 
-#include <cstring>
-
 #include <fmt/format.h>
+
+#include <cstring>
 
 #include "kmq/error.h"
 
@@ -57,7 +57,8 @@ bool ProtoReader::next(ProtoField& f) {
     case 2: {
       const uint64_t len = read_varint();
       if (len > buf_.size() - pos_)
-        fail(fmt::format("field {}: length {} past the end ({} bytes left)", f.number, len, buf_.size() - pos_));
+        fail(fmt::format("field {}: length {} past the end ({} bytes left)", f.number, len,
+                         buf_.size() - pos_));
       f.bytes = buf_.substr(pos_, size_t(len));
       pos_ += size_t(len);
       break;
@@ -70,8 +71,8 @@ bool ProtoReader::next(ProtoField& f) {
 
 void ProtoReader::expect(const ProtoField& f, uint8_t wire, const char* name) const {
   if (f.wire != wire)
-    throw Error(fmt::format("{}: field {} ({}) has wire type {}, expected {}", where_, f.number, name,
-                            f.wire, wire));
+    throw Error(
+        fmt::format("{}: field {} ({}) has wire type {}, expected {}", where_, f.number, name, f.wire, wire));
 }
 
 }  // namespace kmq::text

@@ -9,12 +9,12 @@ namespace kmq::text {
 
 struct ProtoField {
   uint32_t number = 0;
-  uint8_t wire = 0;         // 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32
-  uint64_t value = 0;       // varint value, or the raw little-endian bits of fixed32/64
-  std::string_view bytes;   // wire 2: the payload (points into the reader's buffer)
+  uint8_t wire = 0;        // 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32
+  uint64_t value = 0;      // varint value, or the raw little-endian bits of fixed32/64
+  std::string_view bytes;  // wire 2: the payload (points into the reader's buffer)
 
-  float as_float() const;   // fixed32 bits as IEEE float
-  int32_t as_int32() const; // varint as protobuf int32 (negative values are 10-byte varints)
+  float as_float() const;    // fixed32 bits as IEEE float
+  int32_t as_int32() const;  // varint as protobuf int32 (negative values are 10-byte varints)
 };
 
 class ProtoReader {

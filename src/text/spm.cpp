@@ -26,6 +26,17 @@ SpmEncoder::SpmEncoder(const TokenizerData& d) : d_(d) {
       if (t == TokenType::kUserDefined) user_by_first_byte_[uint8_t(piece[0])].push_back(int32_t(i));
     }
   }
+  // Words may be encoded separately when no mergeable piece has U+2581 after another
+  // character (sentencepiece's split_by_whitespace vocabularies: "\u2581the", "\u2581\u2581").
+  split_words_ = true;
+  for (const auto& [piece, id] : pieces_) {
+    size_t i = 0;
+    while (piece.compare(i, kSpmSpace.size(), kSpmSpace) == 0) i += kSpmSpace.size();
+    if (piece.find(kSpmSpace, i) != std::string_view::npos) {
+      split_words_ = false;
+      break;
+    }
+  }
   for (auto& v : user_by_first_byte_)
     std::stable_sort(v.begin(), v.end(),
                      [&](int32_t a, int32_t b) { return d.tokens[a].size() > d.tokens[b].size(); });
@@ -38,9 +49,10 @@ int32_t SpmEncoder::lookup(std::string_view piece) const {
 
 // Output one final symbol: its id; an unused piece split back into the two pieces it was
 // merged from (sentencepiece "resegment"); an unknown piece as byte pieces or <unk>.
-void SpmEncoder::emit(std::string_view piece, std::vector<int32_t>& out,
-                      const std::unordered_map<std::string_view, std::pair<std::string_view, std::string_view>>&
-                          rev_merge, int depth) const {
+void SpmEncoder::emit(
+    std::string_view piece, std::vector<int32_t>& out,
+    const std::unordered_map<std::string_view, std::pair<std::string_view, std::string_view>>& rev_merge,
+    int depth) const {
   const int32_t id = lookup(piece);
   if (id >= 0) {
     const bool unused = !d_.types.empty() && d_.types[id] == TokenType::kUnused;
@@ -56,8 +68,10 @@ void SpmEncoder::emit(std::string_view piece, std::vector<int32_t>& out,
   if (d_.byte_fallback) {
     for (char c : piece) {
       const int32_t b = byte_ids_[uint8_t(c)];
-      if (b >= 0) out.push_back(b);
-      else if (d_.unk_id >= 0) out.push_back(d_.unk_id);
+      if (b >= 0)
+        out.push_back(b);
+      else if (d_.unk_id >= 0)
+        out.push_back(d_.unk_id);
     }
   } else if (d_.unk_id >= 0) {
     out.push_back(d_.unk_id);
@@ -86,7 +100,38 @@ void SpmEncoder::encode(std::string_view text, bool dummy_prefix, std::vector<in
     }
   }
   const std::string_view s = norm;
+  if (!split_words_) {
+    encode_word(s, out);
+    return;
+  }
+  // Words: cut before each U+2581 that follows another character. No mergeable piece
+  // spans such a cut (checked in the constructor), so the words encode independently and
+  // repeated words come from a per-call cache.
+  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>> cache;
+  std::vector<int32_t> arena;
+  const auto flush = [&](std::string_view w) {
+    const auto it = cache.find(w);
+    if (it != cache.end()) {
+      out.insert(out.end(), arena.begin() + it->second.first, arena.begin() + it->second.second);
+      return;
+    }
+    const size_t b = arena.size();
+    encode_word(w, arena);
+    cache.emplace(w, std::make_pair(uint32_t(b), uint32_t(arena.size())));
+    out.insert(out.end(), arena.begin() + b, arena.end());
+  };
+  size_t word = 0;
+  for (size_t i = 1; i < s.size(); ++i) {
+    if (s.compare(i, kSpmSpace.size(), kSpmSpace) == 0 &&
+        !(i >= kSpmSpace.size() && s.compare(i - kSpmSpace.size(), kSpmSpace.size(), kSpmSpace) == 0)) {
+      flush(s.substr(word, i - word));
+      word = i;
+    }
+  }
+  flush(s.substr(word));
+}
 
+void SpmEncoder::encode_word(std::string_view s, std::vector<int32_t>& out) const {
   // 2. Initial symbols: user-defined pieces (longest match, frozen), else one UTF-8
   //    character, else one byte of invalid UTF-8.
   std::vector<Symbol> sym;

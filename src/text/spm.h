@@ -33,15 +33,18 @@ class SpmEncoder {
     int32_t prev, next;   // neighbours in the live list (-1 = none)
     bool frozen;          // user-defined piece: never merged
   };
+  void encode_word(std::string_view s, std::vector<int32_t>& out) const;  // normalized text
   int32_t lookup(std::string_view piece) const;  // normal / user-defined / unused, else -1
-  void emit(std::string_view piece, std::vector<int32_t>& out,
-            const std::unordered_map<std::string_view, std::pair<std::string_view, std::string_view>>&
-                rev_merge, int depth) const;
+  void emit(
+      std::string_view piece, std::vector<int32_t>& out,
+      const std::unordered_map<std::string_view, std::pair<std::string_view, std::string_view>>& rev_merge,
+      int depth) const;
 
   const TokenizerData& d_;
   std::unordered_map<std::string_view, int32_t> pieces_;
-  std::array<int32_t, 256> byte_ids_{};                       // <0xXX> pieces, -1 if absent
-  std::array<std::vector<int32_t>, 256> user_by_first_byte_;  // user-defined, longest first
+  std::array<int32_t, 256> byte_ids_{};  // <0xXX> pieces, -1 if absent
+  std::array<std::vector<int32_t>, 256> user_by_first_byte_;
+  bool split_words_ = false;  // see encode()  // user-defined, longest first
 };
 
 }  // namespace kmq::text

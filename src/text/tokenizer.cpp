@@ -24,7 +24,8 @@ class SpecialMatcher {
   }
   void finish() {
     for (auto& v : by_first_)
-      std::stable_sort(v.begin(), v.end(), [](const Entry& a, const Entry& b) { return a.text.size() > b.text.size(); });
+      std::stable_sort(v.begin(), v.end(),
+                       [](const Entry& a, const Entry& b) { return a.text.size() > b.text.size(); });
   }
   bool empty() const {
     return std::all_of(by_first_.begin(), by_first_.end(), [](const auto& v) { return v.empty(); });
@@ -65,8 +66,10 @@ struct Tokenizer::Impl {
 
   explicit Impl(TokenizerData data) : d(std::move(data)) {
     text::validate_tokenizer_data(d, "tokenizer");
-    if (d.kind == TokenizerKind::kSpm) spm = std::make_unique<text::SpmEncoder>(d);
-    else bpe = std::make_unique<text::BpeEncoder>(d);
+    if (d.kind == TokenizerKind::kSpm)
+      spm = std::make_unique<text::SpmEncoder>(d);
+    else
+      bpe = std::make_unique<text::BpeEncoder>(d);
     for (size_t i = 0; i < d.tokens.size(); ++i) {
       const TokenType t = type(int32_t(i));
       if (t == TokenType::kControl || t == TokenType::kUnknown) parse_specials.add(d.tokens[i], int32_t(i));
@@ -85,8 +88,10 @@ struct Tokenizer::Impl {
   // `dummy_prefix`: kSpm segment starts the text or follows a special token.
   void encode_plain(std::string_view seg, bool dummy_prefix, std::vector<int32_t>& out) const {
     if (seg.empty()) return;
-    if (spm) spm->encode(seg, dummy_prefix, out);
-    else bpe->encode(seg, out);
+    if (spm)
+      spm->encode(seg, dummy_prefix, out);
+    else
+      bpe->encode(seg, out);
   }
 };
 

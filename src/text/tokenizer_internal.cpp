@@ -1,11 +1,11 @@
 // Validation of TokenizerData and end-of-generation conventions (see tokenizer_internal.h).
 #include "text/tokenizer_internal.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <array>
 #include <unordered_set>
-
-#include <fmt/format.h>
 
 #include "kmq/error.h"
 #include "text/text_util.h"
@@ -49,7 +49,8 @@ void validate_tokenizer_data(const TokenizerData& d, const std::string& where) {
   if (d.add_eos && d.eos_id < 0) throw Error(where + ": add_eos is set but there is no eos_id");
   if (d.kind == TokenizerKind::kBpe) {
     if (!is_known_pre_tokenizer(d.pre_tokenizer))
-      throw Error(fmt::format("{}: unknown pre-tokenizer '{}' (known: gpt2, llama3, qwen2)", where, d.pre_tokenizer));
+      throw Error(
+          fmt::format("{}: unknown pre-tokenizer '{}' (known: gpt2, llama3, qwen2)", where, d.pre_tokenizer));
     if (!d.merges.empty()) {
       std::unordered_set<std::string_view> normal;
       normal.reserve(n);
@@ -71,7 +72,8 @@ void validate_tokenizer_data(const TokenizerData& d, const std::string& where) {
 
 void set_eog_ids(TokenizerData& d, const std::vector<int32_t>& extra) {
   static constexpr std::array<std::string_view, 7> kEogNames = {
-      "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>"};
+      "<|eot_id|>",    "<|eom_id|>",    "<|im_end|>",     "<|end|>",
+      "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>"};
   std::vector<int32_t> ids = d.eog_ids;
   if (d.eos_id >= 0) ids.push_back(d.eos_id);
   for (int32_t id : extra)
@@ -79,7 +81,8 @@ void set_eog_ids(TokenizerData& d, const std::vector<int32_t>& extra) {
   for (size_t i = 0; i < d.tokens.size(); ++i) {
     const TokenType t = d.types.empty() ? TokenType::kNormal : d.types[i];
     if (t != TokenType::kControl && t != TokenType::kUserDefined) continue;
-    if (std::find(kEogNames.begin(), kEogNames.end(), d.tokens[i]) != kEogNames.end()) ids.push_back(int32_t(i));
+    if (std::find(kEogNames.begin(), kEogNames.end(), d.tokens[i]) != kEogNames.end())
+      ids.push_back(int32_t(i));
   }
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());

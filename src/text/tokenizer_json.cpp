@@ -1,10 +1,10 @@
 // TokenizerData <-> JSON for the .kmq file (layout documented in tokenizer_json.h).
 #include "text/tokenizer_json.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <limits>
-
-#include <fmt/format.h>
 
 #include "kmq/error.h"
 #include "text/text_util.h"
@@ -25,7 +25,8 @@ std::string bytes_from_json(const Json& j, const std::string& where) {
   if (j.is_string()) return j.get<std::string>();
   if (j.is_object() && j.size() == 1 && j.contains("b64") && j["b64"].is_string()) {
     std::string out;
-    if (!text::base64_decode(j["b64"].get_ref<const std::string&>(), out)) throw Error(where + ": invalid base64");
+    if (!text::base64_decode(j["b64"].get_ref<const std::string&>(), out))
+      throw Error(where + ": invalid base64");
     return out;
   }
   throw Error(where + ": expected a string or {\"b64\": ...}");
@@ -131,23 +132,31 @@ TokenizerData tokenizer_from_json(const nlohmann::json& j, const std::string& wh
     throw Error(fmt::format("{}: unsupported format_version {}", where, ver.dump()));
   TokenizerData d;
   const std::string kind = string_member(j, "kind", where);
-  if (kind == "spm") d.kind = TokenizerKind::kSpm;
-  else if (kind == "bpe") d.kind = TokenizerKind::kBpe;
-  else throw Error(fmt::format("{}: unknown kind '{}'", where, kind));
+  if (kind == "spm")
+    d.kind = TokenizerKind::kSpm;
+  else if (kind == "bpe")
+    d.kind = TokenizerKind::kBpe;
+  else
+    throw Error(fmt::format("{}: unknown kind '{}'", where, kind));
 
   const Json& tokens = array_member(j, "tokens", where);
-  if (tokens.size() > text::kMaxVocab) throw Error(fmt::format("{}: {} tokens (limit {})", where, tokens.size(), text::kMaxVocab));
+  if (tokens.size() > text::kMaxVocab)
+    throw Error(fmt::format("{}: {} tokens (limit {})", where, tokens.size(), text::kMaxVocab));
   d.tokens.reserve(tokens.size());
-  for (size_t i = 0; i < tokens.size(); ++i) d.tokens.push_back(bytes_from_json(tokens[i], fmt::format("{}: token {}", where, i)));
+  for (size_t i = 0; i < tokens.size(); ++i)
+    d.tokens.push_back(bytes_from_json(tokens[i], fmt::format("{}: token {}", where, i)));
   const size_t n = d.tokens.size();
 
   const Json& scores = array_member(j, "scores", where);
-  if (!scores.empty() && scores.size() != n) throw Error(fmt::format("{}: {} scores for {} tokens", where, scores.size(), n));
+  if (!scores.empty() && scores.size() != n)
+    throw Error(fmt::format("{}: {} scores for {} tokens", where, scores.size(), n));
   d.scores.reserve(scores.size());
-  for (size_t i = 0; i < scores.size(); ++i) d.scores.push_back(score_from_json(scores[i], fmt::format("{}: score {}", where, i)));
+  for (size_t i = 0; i < scores.size(); ++i)
+    d.scores.push_back(score_from_json(scores[i], fmt::format("{}: score {}", where, i)));
 
   const Json& types = array_member(j, "types", where);
-  if (!types.empty() && types.size() != n) throw Error(fmt::format("{}: {} types for {} tokens", where, types.size(), n));
+  if (!types.empty() && types.size() != n)
+    throw Error(fmt::format("{}: {} types for {} tokens", where, types.size(), n));
   d.types.reserve(types.size());
   for (size_t i = 0; i < types.size(); ++i) {
     const int64_t t = int_value(types[i], fmt::format("{}: type {}", where, i));
@@ -172,7 +181,8 @@ TokenizerData tokenizer_from_json(const nlohmann::json& j, const std::string& wh
   d.pad_id = int32_t(int_value(member(j, "pad_id", where), where + ": pad_id"));
   const Json& eog = array_member(j, "eog_ids", where);
   if (eog.size() > n) throw Error(where + ": more eog ids than tokens");
-  for (size_t i = 0; i < eog.size(); ++i) d.eog_ids.push_back(int32_t(int_value(eog[i], fmt::format("{}: eog id {}", where, i))));
+  for (size_t i = 0; i < eog.size(); ++i)
+    d.eog_ids.push_back(int32_t(int_value(eog[i], fmt::format("{}: eog id {}", where, i))));
   d.add_bos = bool_member(j, "add_bos", where);
   d.add_eos = bool_member(j, "add_eos", where);
   d.add_dummy_prefix = bool_member(j, "add_dummy_prefix", where);

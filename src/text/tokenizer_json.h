@@ -1,9 +1,8 @@
 // TokenizerData <-> JSON: how a .kmq model file stores its tokenizer. The reader
 // validates everything (types, sizes, id ranges) because model files come from strangers.
 #pragma once
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "kmq/tokenizer.h"
 
