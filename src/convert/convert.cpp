@@ -76,6 +76,8 @@ TensorChoice choose_tensor(const SourceTensor& t, const ConvertOptions& o) {
     if (c.quant.scope == CodebookScope::kGroup && c.quant.group_size > cols) c.quant.group_size = cols;
     if (c.quant.scale_block > cols) c.quant.scale_block = cols;
     c.quant.threads = o.threads;
+    // Per-row and per-group codebooks are many: f16 halves their cost (docs/FORMAT.md).
+    c.quant.codebook_dtype = c.quant.scope == CodebookScope::kTensor ? DType::kF32 : DType::kF16;
   }
   return c;
 }
