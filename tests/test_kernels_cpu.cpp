@@ -120,6 +120,13 @@ void check_weight(const RandomWeight& w) {
   for (int64_t r = 0; r < v.rows; ++r) {
     kernels_ref().dequant_row(v, r, row.data());
     for (int64_t j = 0; j < v.cols; ++j) REQUIRE(row[size_t(j)] == expected(w, r, j));
+    // every ISA reconstructs bit-identically (same products, no reassociation)
+    for (const Kernels* k : runnable_tables()) {
+      std::vector<float> other(static_cast<size_t>(v.cols), -7.0f);
+      k->dequant_row(v, r, other.data());
+      CAPTURE(k->isa);
+      REQUIRE(other == row);
+    }
   }
   // 2. every ISA's matmul against a double-precision product, several token counts
   for (int64_t n_tok : {1, 2, 3, 5, 7}) {

@@ -1,6 +1,7 @@
 // Scalar reference kernels: the specification of every CPU kernel. Written for clarity,
 // with 8 independent accumulators in dot products so the compiler can vectorize them
 // without reassociating (results are the same for any target).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -47,19 +48,28 @@ void dequant_row_ref(const WeightView& w, int64_t r, float* out) {
   const uint8_t* idx = static_cast<const uint8_t*>(w.data) + r * row_bytes;
   const int64_t n_groups = w.scope == CodebookScope::kGroup ? (cols + w.group_size - 1) / w.group_size : 0;
   const int64_t n_sb = w.scale_block ? (cols + w.scale_block - 1) / w.scale_block : 0;
-  float cb[16];
-  int64_t cb_id = -1;
-  for (int64_t j = 0; j < cols; ++j) {
-    const int64_t want = w.scope == CodebookScope::kTensor ? 0
-                         : w.scope == CodebookScope::kRow  ? r
-                                                           : r * n_groups + j / w.group_size;
-    if (want != cb_id) {
-      for (int64_t c = 0; c < k; ++c) cb[c] = load_value(w.codebooks, w.codebook_dtype, want * k + c);
-      cb_id = want;
+  // Walk the row in segments over which both the codebook and the scale are constant;
+  // in each, table[c] = codebook[c] * scale (the same product as codebook[idx] * scale).
+  float table[16];
+  int64_t j = 0;
+  while (j < cols) {
+    int64_t end = cols;
+    int64_t cb = 0;
+    if (w.scope == CodebookScope::kRow) cb = r;
+    if (w.scope == CodebookScope::kGroup) {
+      cb = r * n_groups + j / w.group_size;
+      end = std::min(end, (j / w.group_size + 1) * w.group_size);
     }
-    float v = cb[index_at(idx, j, bits)];
-    if (w.scale_block) v *= load_value(w.scales, w.scale_dtype, r * n_sb + j / w.scale_block);
-    out[j] = v;
+    float scale = 1.0f;
+    if (w.scale_block) {
+      scale = load_value(w.scales, w.scale_dtype, r * n_sb + j / w.scale_block);
+      end = std::min(end, (j / w.scale_block + 1) * w.scale_block);
+    }
+    for (int64_t c = 0; c < k; ++c) {
+      const float v = load_value(w.codebooks, w.codebook_dtype, cb * k + c);
+      table[c] = w.scale_block ? v * scale : v;
+    }
+    for (; j < end; ++j) out[j] = table[index_at(idx, j, bits)];
   }
 }
 
