@@ -16,26 +16,8 @@ using nlohmann::json;
 
 namespace {
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const kmq::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-template <class F>
-void check_error(F&& f, std::initializer_list<std::string> words) {
-  std::string msg = error_of(f);
-  CAPTURE(msg);
-  CHECK(!msg.empty());
-  for (const auto& w : words) {
-    CAPTURE(w);
-    CHECK(msg.find(w) != std::string::npos);
-  }
-}
+using kmq::test::check_error;
+using kmq::test::error_of;
 
 void write_text(const fs::path& p, const std::string& s) {
   std::ofstream f(p, std::ios::binary | std::ios::trunc);

@@ -18,28 +18,8 @@ using kmq::SafetensorsSet;
 
 namespace {
 
-// The message of the kmq::Error that f throws ("" if none; other exceptions escape).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const kmq::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// Checks that f throws a kmq::Error whose message holds every word.
-template <class F>
-void check_error(F&& f, std::initializer_list<std::string> words) {
-  std::string msg = error_of(f);
-  CAPTURE(msg);
-  CHECK(!msg.empty());
-  for (const auto& w : words) {
-    CAPTURE(w);
-    CHECK(msg.find(w) != std::string::npos);
-  }
-}
+using kmq::test::check_error;
+using kmq::test::error_of;
 
 void write_bytes(const fs::path& p, const std::string& bytes) {
   std::ofstream f(p, std::ios::binary | std::ios::trunc);

@@ -1,12 +1,17 @@
 // Helpers shared by the unit tests: where the shared data lives, random data, temp files.
 #pragma once
+#include <doctest/doctest.h>
+
 #include <cstdio>
+#include <initializer_list>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 #include <unistd.h>
+
+#include "kmq/error.h"
 
 namespace kmq::test {
 
@@ -40,6 +45,29 @@ inline std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1
   std::vector<float> v(n);
   for (auto& x : v) x = d(rng);
   return v;
+}
+
+// The message of the kmq::Error that f() throws, or "" if it throws none.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const kmq::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// f() must throw a kmq::Error whose message contains every word.
+template <class F>
+void check_error(F&& f, std::initializer_list<std::string> words) {
+  std::string msg = error_of(f);
+  CAPTURE(msg);
+  CHECK(!msg.empty());
+  for (const auto& w : words) {
+    CAPTURE(w);
+    CHECK(msg.find(w) != std::string::npos);
+  }
 }
 
 }  // namespace kmq::test

@@ -9,6 +9,7 @@
 
 #include "util/half.h"
 
+#include "kernels/cpu/kernel_util.h"
 #include "kernels/cpu/kernels.h"
 
 namespace kmq::cpu {
@@ -39,21 +40,6 @@ void axpy_avx2(float* y, float a, const float* x, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += a * x[i];
-}
-
-inline float load_scalar(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::kF32: return static_cast<const float*>(p)[i];
-    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    default: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-  }
-}
-
-inline unsigned index_at(const uint8_t* row, int64_t j, int bits) {
-  const int64_t bit = j * bits;
-  unsigned v = row[bit >> 3];
-  if (((bit & 7) + bits) > 8) v |= unsigned(row[(bit >> 3) + 1]) << 8;
-  return (v >> (bit & 7)) & ((1u << bits) - 1);
 }
 
 // Row reconstruction. Quantized rows: per segment of constant codebook and scale, a
@@ -98,14 +84,14 @@ void dequant_row_avx2(const WeightView& w, int64_t r, float* out) {
       end = std::min(end, (j / w.group_size + 1) * w.group_size);
     }
     if (cb != cached) {  // tensor and row scopes load their codebook once per row
-      for (int64_t c = 0; c < k; ++c) codebook[c] = load_scalar(w.codebooks, w.codebook_dtype, cb * k + c);
+      for (int64_t c = 0; c < k; ++c) codebook[c] = load_value(w.codebooks, w.codebook_dtype, cb * k + c);
       cb_lo = _mm256_load_ps(codebook);
       cb_hi = _mm256_load_ps(codebook + 8);
       cached = cb;
     }
     __m256 lo = cb_lo, hi = cb_hi;
     if (w.scale_block) {
-      const __m256 s = _mm256_set1_ps(load_scalar(w.scales, w.scale_dtype, r * n_sb + j / w.scale_block));
+      const __m256 s = _mm256_set1_ps(load_value(w.scales, w.scale_dtype, r * n_sb + j / w.scale_block));
       lo = _mm256_mul_ps(lo, s);
       hi = _mm256_mul_ps(hi, s);
       end = std::min(end, (j / w.scale_block + 1) * w.scale_block);

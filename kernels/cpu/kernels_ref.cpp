@@ -5,28 +5,12 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/kernel_util.h"
 #include "kernels/cpu/kernels.h"
 #include "util/half.h"
 
 namespace kmq::cpu {
 namespace {
-
-inline float load_value(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::kF32: return static_cast<const float*>(p)[i];
-    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    default: return 0.0f;
-  }
-}
-
-// Index j of a packed row: a little-endian bit stream, bits per index (see quant.h).
-inline unsigned index_at(const uint8_t* row, int64_t j, int bits) {
-  const int64_t bit = j * bits;
-  unsigned v = row[bit >> 3];
-  if (((bit & 7) + bits) > 8) v |= unsigned(row[(bit >> 3) + 1]) << 8;
-  return (v >> (bit & 7)) & ((1u << bits) - 1);
-}
 
 void dequant_row_ref(const WeightView& w, int64_t r, float* out) {
   const int64_t cols = w.cols;
