@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
                "  kmq perplexity -m model.kmq -f wiki.test.raw\n"
                "  kmq info model.kmq --verify\n",
                "kmq"};
+  app.set_version_flag("--version", "kmq 0.1.0 (.kmq format version 1)");
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every subcommand");
   auto* info = app.add_subcommand("info", "Print a model's configuration, tensors and bits per weight");

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
       "  kmq-convert ~/models/SmolLM-135M -o smollm-bf16.kmq --float bf16  # no quantization\n"
       "  kmq-convert stories260K.bin --tokenizer tok512.bin -o stories.kmq --float f32\n",
       "kmq-convert"};
+  app.set_version_flag("--version", "kmq-convert 0.1.0 (writes .kmq format version 1)");
   std::string input, output, tokenizer, codebook = "tensor", scale_mode = "auto", float_type;
   std::vector<std::string> overrides;
   kmq::ConvertOptions o;
