@@ -26,21 +26,34 @@ settings=(
   "q2 group64, no scales|--bits 2 --codebook group --group-size 64 --scale-block 0"
   "q1 tensor sb64|--bits 1"
   "q1 row sb64|--bits 1 --codebook row"
+  "q3 tensor sb64, embed q3|--bits 3 --embed-type 3"
+  "q2 tensor sb64, embed q2|--bits 2 --embed-type 2"
+  "q2 group64, embed q4 group64|--bits 2 --codebook group --group-size 64 --scale-block 0"
+  "q1 tensor sb64, embed bf16|--bits 1 --embed-type bf16"
 )
-echo "| setting | kmq-convert options | bpw (linear layers) | bpw (whole model) | file MB | wiki.test.raw PPL | held-out novel PPL |"
-echo "|---|---|---|---|---|---|---|"
+echo "| setting | kmq-convert options | bpw (blocks) | bpw (embedding) | bpw (whole model) | file MB | wiki.test.raw PPL | held-out novel PPL |"
+echo "|---|---|---|---|---|---|---|---|"
 for s in "${settings[@]}"; do
   name=${s%%|*}; opts=${s#*|}
   f="$out/$(echo "$name" | tr ' ,' '__').kmq"
   # shellcheck disable=SC2086
   [ -f "$f" ] || "$bin/kmq-convert" "$model" -o "$f" -q $opts 2>"$out/convert.log"
-  bpw_q=$("$bin/kmq" info "$f" --json | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.3f" % j["bits_per_weight"]["quantized"])')
-  bpw_all=$("$bin/kmq" info "$f" --json | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.3f" % j["bits_per_weight"]["all"])')
+  # bits per weight of the transformer blocks' matrices, of the (tied) embedding, of all
+  read -r bpw_blk bpw_emb bpw_all < <("$bin/kmq" info "$f" --json | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+def bpw(pred):
+    ts = [t for t in j["tensors"] if pred(t)]
+    n = sum(t["shape"][0] * (t["shape"][1] if len(t["shape"]) > 1 else 1) for t in ts)
+    return sum(t["bits_per_weight"] * t["shape"][0] * (t["shape"][1] if len(t["shape"]) > 1 else 1) for t in ts) / n
+print("%.3f %.3f %.3f" % (bpw(lambda t: t["name"].startswith("blk.") and len(t["shape"]) == 2),
+                          bpw(lambda t: t["name"] == "token_embd"), j["bits_per_weight"]["all"]))')
   mb=$(python3 -c "import os; print('%.1f' % (os.path.getsize('$f')/1e6))")
   p=()
   for text in wiki.test.raw heldout_Stevenson_Treasure_1883.txt; do
-    p+=("$("$bin/kmq" perplexity -m "$f" -f "$shared/text/$text" --chunks "$chunks" --json 2>/dev/null |
-      python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.3f ± %.3f" % (j["ppl"], j["ppl_stderr"]))')")
+    r="$f.$text.$chunks.json"  # results are cached beside the model
+    [ -s "$r" ] || "$bin/kmq" perplexity -m "$f" -f "$shared/text/$text" --chunks "$chunks" --json >"$r" 2>/dev/null
+    p+=("$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("%.3f ± %.3f" % (j["ppl"], j["ppl_stderr"]))' "$r")")
   done
-  echo "| $name | \`$opts\` | $bpw_q | $bpw_all | $mb | ${p[0]} | ${p[1]} |"
+  echo "| $name | \`$opts\` | $bpw_blk | $bpw_emb | $bpw_all | $mb | ${p[0]} | ${p[1]} |"
 done
