@@ -100,8 +100,12 @@ void dequant_row_avx2(const WeightView& w, int64_t r, float* out) {
     _mm256_store_ps(table + 8, hi);
     for (; j < end && (j & 7); ++j) out[j] = table[index_at(idx, j, bits)];
     for (; j + 8 <= end; j += 8) {
+      // 8 indices = `bits` bytes; read a whole word where the row has 4 bytes left
+      // (a constant-size load, not a memcpy call), else exactly `bits` bytes.
       uint32_t word = 0;
-      std::memcpy(&word, idx + (j * bits) / 8, size_t(bits));  // 8 indices = `bits` bytes
+      const int64_t at = (j * bits) / 8;
+      if (at + 4 <= row_bytes) std::memcpy(&word, idx + at, 4);
+      else std::memcpy(&word, idx + at, size_t(bits));
       const __m256i iv = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(word)), shifts), mask);
       const __m256 a = _mm256_permutevar8x32_ps(lo, iv), b = _mm256_permutevar8x32_ps(hi, iv);
       _mm256_storeu_ps(out + j, _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(iv, 28))));
