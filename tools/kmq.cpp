@@ -10,7 +10,7 @@ namespace kmq::tools {
 
 std::string read_input_text(const std::string& path) {
   if (path == "-") {
-    std::string s, line;
+    std::string s;
     char buf[65536];
     size_t n;
     while ((n = std::fread(buf, 1, sizeof buf, stdin)) > 0) s.append(buf, n);

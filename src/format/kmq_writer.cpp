@@ -72,7 +72,7 @@ KmqWriter::KmqWriter(const std::filesystem::path& path, ModelConfig config, Toke
   m.f = std::fopen(m.tmp.c_str(), "wb");
   if (!m.f) throw Error(fmt::format("{}: cannot create: {}", m.tmp.string(), std::strerror(errno)));
   uint8_t zeros[format::kAlign] = {};
-  m.write(zeros, sizeof zeros, nullptr);  // header placeholder, rewritten by finish()
+  m.write(zeros, sizeof zeros, nullptr);  // the header is written last, by finish()
 }
 
 KmqWriter::~KmqWriter() {
