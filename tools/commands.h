@@ -11,6 +11,7 @@ using Runner = std::function<int()>;
 Runner add_info(CLI::App& app);
 Runner add_complete(CLI::App& app);
 Runner add_perplexity(CLI::App& app);
+Runner add_chat(CLI::App& app);
 
 // Reads a whole text file, or stdin for "-"; throws kmq::Error naming the file.
 std::string read_input_text(const std::string& path);

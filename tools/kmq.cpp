@@ -24,6 +24,7 @@ std::string read_input_text(const std::string& path) {
 
 int main(int argc, char** argv) {
   CLI::App app{"kmq: run k-means quantized language models (.kmq files).\n\n"
+               "  kmq chat -m model.kmq -s \"You are a helpful assistant.\"\n"
                "  kmq complete -m model.kmq -p \"Once upon a time\" -n 64\n"
                "  kmq perplexity -m model.kmq -f wiki.test.raw\n"
                "  kmq info model.kmq --verify\n",
@@ -34,14 +35,17 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "Print a model's configuration, tensors and bits per weight");
   auto* complete = app.add_subcommand("complete", "Complete a prompt (streams text to stdout)");
   auto* ppl = app.add_subcommand("perplexity", "Perplexity of a text (llama.cpp protocol)");
+  auto* chat = app.add_subcommand("chat", "Interactive chat with the model's chat template");
   auto run_info = kmq::tools::add_info(*info);
   auto run_complete = kmq::tools::add_complete(*complete);
   auto run_ppl = kmq::tools::add_perplexity(*ppl);
+  auto run_chat = kmq::tools::add_chat(*chat);
   CLI11_PARSE(app, argc, argv);
   try {
     if (info->parsed()) return run_info();
     if (complete->parsed()) return run_complete();
     if (ppl->parsed()) return run_ppl();
+    if (chat->parsed()) return run_chat();
   } catch (const std::exception& e) {
     fmt::print(stderr, "kmq: error: {}\n", e.what());
     return 1;

@@ -51,6 +51,7 @@ class Session {
   int64_t n_ctx() const;
   int64_t n_past() const;  // tokens already in the cache
   void reset();            // forget all tokens
+  void truncate(int64_t n);  // keep the first n tokens (n <= n_past()), forget the rest
   // Evaluates `tokens` at positions n_past().. and appends them to the cache.
   // logits: receives n_out x n_vocab values for the last n_out tokens (n_out <= size).
   // Throws kmq::Error if the tokens do not fit in the context.

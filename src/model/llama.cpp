@@ -4,6 +4,7 @@
 #include <cmath>
 #include <fmt/format.h>
 #include <numbers>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "kmq/error.h"
@@ -137,13 +138,30 @@ std::unique_ptr<Session> Model::new_session(int64_t n_ctx) {
   if (n_ctx <= 0) n_ctx = c.max_seq;
   if (n_ctx > c.max_seq)
     throw Error(fmt::format("context of {} tokens exceeds the model's maximum of {}", n_ctx, c.max_seq));
+  const int64_t kv_dim = c.n_kv_heads * c.head_dim, q_dim = c.n_heads * c.head_dim;
+  // Refuse before allocating what the machine cannot hold (a hostile or huge config would
+  // otherwise end in bad_alloc or the OOM killer). Counted in double: cannot overflow.
+  {
+    const double B = double(std::min<int64_t>(n_ctx, 512));
+    const double floats = 2.0 * double(c.n_layers) * double(n_ctx) * double(kv_dim) +
+                          B * (double(c.dim) + 2.0 * double(std::max(c.dim, q_dim)) + double(q_dim) +
+                               2.0 * double(kv_dim) + 2.0 * double(c.ffn_dim) + double(c.n_vocab));
+    const double need = 4.0 * floats, weights = double(impl_->weight_bytes);
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+    const double have = pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    if (have > 0 && need + weights > have)
+      throw Error(fmt::format(
+          "{}: a context of {} tokens needs {:.2f} GiB for the KV cache and activations plus {:.2f} GiB of "
+          "weights, more than this machine's {:.2f} GiB of memory (use a shorter context)",
+          impl_->file.path(), n_ctx, need / kGiB, weights / kGiB, have / kGiB));
+  }
   std::unique_ptr<Session> s(new Session());
   s->impl_ = std::make_unique<Session::Impl>();
   auto& si = *s->impl_;
   auto& b = *impl_->backend;
   si.m = impl_.get();
   si.n_ctx = n_ctx;
-  const int64_t kv_dim = c.n_kv_heads * c.head_dim, q_dim = c.n_heads * c.head_dim;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     si.k_cache.push_back(b.alloc(n_ctx * kv_dim));
     si.v_cache.push_back(b.alloc(n_ctx * kv_dim));
@@ -165,6 +183,10 @@ std::unique_ptr<Session> Model::new_session(int64_t n_ctx) {
 int64_t Session::n_ctx() const { return impl_->n_ctx; }
 int64_t Session::n_past() const { return impl_->n_past; }
 void Session::reset() { impl_->n_past = 0; }
+void Session::truncate(int64_t n) {
+  if (n < 0 || n > impl_->n_past) throw Error(fmt::format("truncate({}) outside [0, {}]", n, impl_->n_past));
+  impl_->n_past = n;  // positions >= n are overwritten by the next eval
+}
 
 void Session::eval(const std::vector<int32_t>& tokens, std::vector<float>* logits, int64_t n_out) {
   auto& s = *impl_;
