@@ -28,7 +28,6 @@ settings=(
   "q1 row sb64|--bits 1 --codebook row"
   "q3 tensor sb64, embed q3|--bits 3 --embed-type 3"
   "q2 tensor sb64, embed q2|--bits 2 --embed-type 2"
-  "q2 group64, embed q4 group64|--bits 2 --codebook group --group-size 64 --scale-block 0"
   "q1 tensor sb64, embed bf16|--bits 1 --embed-type bf16"
 )
 echo "| setting | kmq-convert options | bpw (blocks) | bpw (embedding) | bpw (whole model) | file MB | wiki.test.raw PPL | held-out novel PPL |"
