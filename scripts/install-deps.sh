@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs kmq's build dependencies from Debian 12 packages (skips apt when all are present).
+#   --fuzz: also clang and libFuzzer (clang's runtime), for scripts/fuzz.sh
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcli11-dev libfmt-dev nlohmann-json3-dev libpcre2-dev doctest-dev)
+[ "${1:-}" = --fuzz ] && pkgs+=(clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
