@@ -21,18 +21,6 @@ namespace {
 std::atomic<int> g_interrupts{0};  // Ctrl-C count since the last reply started
 void on_sigint(int) { g_interrupts.fetch_add(1); }
 
-size_t utf8_complete(const std::string& s) {
-  size_t i = s.size();
-  for (size_t back = 1; back <= 3 && back <= s.size(); ++back) {
-    const unsigned char c = static_cast<unsigned char>(s[s.size() - back]);
-    if ((c & 0xc0) == 0x80) continue;
-    const size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
-    if (need > back) i = s.size() - back;
-    break;
-  }
-  return i;
-}
-
 }  // namespace
 
 Runner add_chat(CLI::App& app) {
@@ -142,7 +130,7 @@ Runner add_chat(CLI::App& app) {
         const std::string piece = tok.decode_token(id);
         reply += piece;
         pending += piece;
-        const size_t k = utf8_complete(pending);
+        const size_t k = complete_utf8_prefix(pending);
         std::fwrite(pending.data(), 1, k, stdout);
         std::fflush(stdout);
         pending.erase(0, k);

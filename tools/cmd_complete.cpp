@@ -10,24 +10,6 @@
 
 namespace kmq::tools {
 
-namespace {
-
-// Length of the longest prefix of s that ends on a UTF-8 character boundary.
-size_t complete_utf8_prefix(const std::string& s) {
-  size_t i = s.size();
-  // look back at most 3 bytes for a lead byte whose sequence is incomplete
-  for (size_t back = 1; back <= 3 && back <= s.size(); ++back) {
-    const unsigned char c = static_cast<unsigned char>(s[s.size() - back]);
-    if ((c & 0xc0) == 0x80) continue;  // continuation byte
-    const size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
-    if (need > back) i = s.size() - back;
-    break;
-  }
-  return i;
-}
-
-}  // namespace
-
 Runner add_complete(CLI::App& app) {
   struct Opts {
     std::string model, prompt, file, device = "cpu";

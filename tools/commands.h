@@ -13,6 +13,10 @@ Runner add_complete(CLI::App& app);
 Runner add_perplexity(CLI::App& app);
 Runner add_chat(CLI::App& app);
 
+// Length of the longest prefix of s that ends on a UTF-8 character boundary (for streaming
+// token bytes without splitting a character).
+size_t complete_utf8_prefix(const std::string& s);
+
 // Reads a whole text file, or stdin for "-"; throws kmq::Error naming the file.
 std::string read_input_text(const std::string& path);
 
