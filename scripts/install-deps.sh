@@ -2,7 +2,8 @@
 # Installs kmq's build dependencies from Debian 12 packages (skips apt when all are present).
 #   --fuzz: also clang and libFuzzer (clang's runtime), for scripts/fuzz.sh
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libcli11-dev libfmt-dev nlohmann-json3-dev libpcre2-dev doctest-dev)
+pkgs=(build-essential cmake pkg-config libcli11-dev libfmt-dev nlohmann-json3-dev libpcre2-dev doctest-dev
+      g++-aarch64-linux-gnu qemu-user)  # the last two: NEON kernels tested under qemu (scripts/test-neon.sh)
 [ "${1:-}" = --fuzz ] && pkgs+=(clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/lut.h"
 #include "test_util.h"
 #include "util/half.h"
 
@@ -107,11 +108,7 @@ float expected(const RandomWeight& w, int64_t r, int64_t j) {
   return x;
 }
 
-std::vector<const Kernels*> runnable_tables() {
-  std::vector<const Kernels*> t = {&kernels_ref()};
-  if (available_isas().find("avx2") != std::string::npos) t.push_back(&kernels_avx2());
-  return t;
-}
+std::vector<const Kernels*> runnable_tables() { return runnable_kernels(); }
 
 void check_weight(const RandomWeight& w) {
   const auto& v = w.v;
@@ -223,4 +220,94 @@ TEST_CASE("kernels: vector ops of every ISA against the reference") {
 TEST_CASE("kernels: KMQ_ISA choices are reported") {
   CHECK(available_isas().rfind("scalar", 0) == 0);
   CHECK(kernels().isa != nullptr);
+  MESSAGE("isa ", std::string(kernels().isa), " (available: ", available_isas(), ")");
+#if defined(__aarch64__)
+  CHECK(std::string(kernels().isa) == "neon");
+#endif
+}
+
+// The lookup-table (LUT) path of lut.h: every ISA bit-identical to the scalar LUT
+// reference, and the reference within int8-table error of the exact product.
+namespace {
+
+void check_lut(const RandomWeight& w, int64_t n_tok, double max_nmse) {
+  const auto& v = w.v;
+  REQUIRE(lut_supported(v));
+  auto L = pack_lut(v);
+  auto x = test::random_floats(size_t(n_tok * v.cols), 7 + n_tok + v.cols);
+  std::vector<int8_t> tables(size_t(n_tok * L->table_bytes()), 99);
+  std::vector<uint8_t> mults(size_t(n_tok * L->mult_bytes()), 99);
+  std::vector<float> ts(size_t(n_tok * L->n_blocks), -1.0f);
+  const LutTables lt{tables.data(), mults.data(), ts.data()};
+  // built in two block ranges, as the backend's threads do
+  const int64_t bmid = L->n_blocks / 2;
+  lut_build_tables(*L, x.data(), v.cols, n_tok, lt, 0, bmid);
+  lut_build_tables(*L, x.data(), v.cols, n_tok, lt, bmid, L->n_blocks);
+  std::vector<float> ref(size_t(n_tok * v.rows), -1.0f);
+  lut_matmul_ref(*L, lt, n_tok, ref.data(), v.rows, 0, L->n_tiles);
+  double err = 0, nrm = 0;
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t r = 0; r < v.rows; ++r) {
+      // error relative to the size of the terms (robust when a dot is near zero)
+      double s = 0, s2 = 0;
+      for (int64_t j = 0; j < v.cols; ++j) {
+        const double p = double(expected(w, r, j)) * x[size_t(t * v.cols + j)];
+        s += p;
+        s2 += p * p;
+      }
+      const double d = ref[size_t(t * v.rows + r)] - s;
+      err += d * d;
+      nrm += s2;
+    }
+  CHECK_MESSAGE(err / nrm < max_nmse, "LUT reference nmse ", err / nrm);
+  if (std::getenv("KMQ_TEST_VERBOSE"))
+    MESSAGE("bits ", v.bits, " sb ", v.scale_block, " rows ", v.rows, " cols ", v.cols, " nmse ", err / nrm);
+  CHECK(err > 0);  // int8 tables: an exact result would mean the test is not testing them
+  for (const Kernels* k : runnable_tables()) {
+    if (!k->lut_matmul) continue;
+    CAPTURE(k->isa);
+    // this ISA's table builder: bit-identical tables, multipliers and scales
+    std::vector<int8_t> tables2(tables.size(), 55);
+    std::vector<uint8_t> mults2(mults.size(), 55);
+    std::vector<float> ts2(ts.size(), -3.0f);
+    const LutTables lt2{tables2.data(), mults2.data(), ts2.data()};
+    k->lut_tables(*L, x.data(), v.cols, n_tok, lt2, 0, bmid);
+    k->lut_tables(*L, x.data(), v.cols, n_tok, lt2, bmid, L->n_blocks);
+    REQUIRE(tables2 == tables);
+    REQUIRE(mults2 == mults);
+    REQUIRE(std::memcmp(ts2.data(), ts.data(), ts.size() * sizeof(float)) == 0);
+    std::vector<float> y(ref.size(), -2.0f);
+    const int64_t tmid = L->n_tiles / 2;
+    k->lut_matmul(*L, lt, n_tok, y.data(), v.rows, 0, tmid);
+    k->lut_matmul(*L, lt, n_tok, y.data(), v.rows, tmid, L->n_tiles);
+    REQUIRE(std::memcmp(y.data(), ref.data(), y.size() * sizeof(float)) == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("kernels: LUT path, bits 1-4 x scale blocks x odd shapes x token counts, every ISA bit-identical") {
+  uint64_t seed = 500;
+  for (int bits = 1; bits <= 4; ++bits)
+    for (int64_t sb : {0, 32, 64, 128, 256})
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 32}, {33, 64}, {70, 100}, {64, 257}, {5, 1100}}) {
+        CAPTURE(bits);
+        CAPTURE(sb);
+        CAPTURE(rows);
+        CAPTURE(cols);
+        const DType sc = (seed % 3 == 0) ? DType::kBF16 : DType::kF16;
+        auto w = make_weight(DType::kKmq, bits, CodebookScope::kTensor, rows, cols, 0, sb, DType::kF32, sc, seed++);
+        for (int64_t n_tok : {1, 3, 6})  // 6: the 4-token kernel and a remainder
+          check_lut(w, n_tok, 1e-3);
+      }
+}
+
+TEST_CASE("kernels: LUT path refuses what it cannot compute") {
+  auto row = make_weight(DType::kKmq, 2, CodebookScope::kRow, 4, 64, 0, 64, DType::kF16, DType::kF16, 1);
+  CHECK_FALSE(lut_supported(row.v));
+  auto odd = make_weight(DType::kKmq, 2, CodebookScope::kTensor, 4, 96, 0, 48, DType::kF32, DType::kF16, 2);
+  CHECK_FALSE(lut_supported(odd.v));
+  auto f = make_weight(DType::kBF16, 0, CodebookScope::kTensor, 4, 64, 0, 0, DType::kF32, DType::kF16, 3);
+  CHECK_FALSE(lut_supported(f.v));
+  CHECK_THROWS_AS(pack_lut(row.v), Error);
 }

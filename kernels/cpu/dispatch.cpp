@@ -1,6 +1,7 @@
 // Chooses the kernel table once: the best ISA this CPU and build support, or $KMQ_ISA.
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "kernels/cpu/kernels.h"
 #include "kmq/error.h"
@@ -13,7 +14,7 @@ bool cpu_has_avx2() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   // __builtin_cpu_supports checks the OS's XSAVE support for the YMM state too.
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif
@@ -21,20 +22,34 @@ bool cpu_has_avx2() {
 
 }  // namespace
 
-std::string available_isas() { return cpu_has_avx2() ? "scalar avx2" : "scalar"; }
+std::vector<const Kernels*> runnable_kernels() {
+  std::vector<const Kernels*> t = {&kernels_ref()};
+#if defined(__x86_64__)
+  if (cpu_has_avx2()) t.push_back(&kernels_avx2());
+#endif
+#if defined(__aarch64__)
+  t.push_back(&kernels_neon());  // NEON is part of the AArch64 base ISA
+#endif
+  return t;
+}
+
+std::string available_isas() {
+  std::string s;
+  for (const Kernels* k : runnable_kernels()) s += (s.empty() ? "" : " ") + std::string(k->isa);
+  return s;
+}
 
 const Kernels& kernels() {
   static const Kernels* chosen = [] {
+    const auto tables = runnable_kernels();
     const char* env = std::getenv("KMQ_ISA");
     const std::string want = env ? env : "";
-    if (want.empty()) return cpu_has_avx2() ? &kernels_avx2() : &kernels_ref();
-    if (want == "scalar") return &kernels_ref();
-    if (want == "avx2") {
-      if (!cpu_has_avx2()) throw Error("KMQ_ISA=avx2: this CPU lacks AVX2/FMA (available: " + available_isas() + ")");
-      return &kernels_avx2();
-    }
-    if (want == "avx512" || want == "neon")
-      throw Error("KMQ_ISA=" + want + ": this build has no " + want + " kernels yet (available: " + available_isas() + ")");
+    if (want.empty()) return tables.back();
+    for (const Kernels* k : tables)
+      if (want == k->isa) return k;
+    if (want == "avx2" || want == "avx512" || want == "neon")
+      throw Error("KMQ_ISA=" + want + ": this CPU or build cannot run " + want + " kernels (available: " +
+                  available_isas() + ")");
     throw Error("KMQ_ISA=" + want + ": unknown ISA (expected scalar, avx2, avx512 or neon)");
   }();
   return *chosen;

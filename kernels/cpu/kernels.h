@@ -5,10 +5,14 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kmq/types.h"
 
 namespace kmq::cpu {
+
+struct LutWeight;  // lut.h
+struct LutTables;
 
 // A weight matrix [rows, cols] in any stored form (plain pointers into the mapped file).
 // Quantized reconstruction: see include/kmq/quant.h.
@@ -43,14 +47,23 @@ struct Kernels {
   void (*softmax)(float* x, int64_t n);
   // out = silu(gate) * up
   void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);
+  // The lookup-table product of lut.h for rows of tiles [tile0, tile1), bit-identical to
+  // lut_matmul_ref; nullptr in the scalar table, which computes exactly (the reference).
+  void (*lut_matmul)(const LutWeight& w, const LutTables& t, int64_t n_tok, float* y, int64_t ldy, int64_t tile0,
+                     int64_t tile1);
+  // lut_build_tables of lut.h (bit-identical to the portable version in every ISA).
+  void (*lut_tables)(const LutWeight& w, const float* x, int64_t ldx, int64_t n_tok, const LutTables& t, int64_t b0,
+                     int64_t b1);
 };
 
 const Kernels& kernels_ref();
-const Kernels& kernels_avx2();  // x86-64 with AVX2 + FMA (kernels_avx2.cpp)
+const Kernels& kernels_avx2();  // x86-64 with AVX2 + FMA + F16C (kernels_avx2.cpp; x86-64 builds only)
+const Kernels& kernels_neon();  // AArch64 NEON (kernels_neon.cpp; AArch64 builds only)
 // The table in use: chosen on first call from the CPU's features and $KMQ_ISA.
 // Throws kmq::Error if $KMQ_ISA names an ISA this CPU (or build) cannot run.
 const Kernels& kernels();
 // The ISAs this build can run on this CPU, best last ("scalar" always first).
 std::string available_isas();
+std::vector<const Kernels*> runnable_kernels();  // their tables, in the same order
 
 }  // namespace kmq::cpu

@@ -6,7 +6,11 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#ifdef KMQ_HAVE_CUDA
+#include "backend/cuda_backend.h"
+#endif
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/lut.h"
 #include "kmq/error.h"
 #include "util/thread_pool.h"
 
@@ -39,6 +43,17 @@ class CpuBackend final : public Backend {
 
   WeightId upload(const TensorRef& t) override {
     weights_.push_back(view_of(t));
+    // Quantized matrices with one codebook per tensor are repacked once for the lookup-
+    // table kernels (kernels/cpu/lut.h), in parallel over row tiles.
+    std::unique_ptr<cpu::LutWeight> lut;
+    if (k_.lut_matmul && t.cols > 1 && cpu::lut_supported(weights_.back())) {
+      lut = cpu::lut_alloc(weights_.back());
+      const int64_t per = std::max<int64_t>(1, lut->n_tiles / (pool_.size() * 4));
+      pool_.run((lut->n_tiles + per - 1) / per, [&](int64_t b, int) {
+        cpu::lut_pack_tiles(weights_.back(), *lut, b * per, std::min(lut->n_tiles, (b + 1) * per));
+      });
+    }
+    luts_.push_back(std::move(lut));
     // Vectors (norm gains, biases) are converted to f32 once.
     std::vector<float> f;
     if (t.cols == 1 || t.ndim == 1) {
@@ -76,6 +91,15 @@ class CpuBackend final : public Backend {
 
   void matmul(Buf y, WeightId wid, Buf x, int64_t n_tok) override {
     const auto& w = weights_.at(wid.id);
+    if (const cpu::LutWeight* L = luts_.at(wid.id).get()) {
+      // Tokens in groups small enough that their tables stay in cache while a tile of
+      // weights is reused for each of them.
+      for (int64_t t0 = 0; t0 < n_tok; t0 += kLutTokens) {
+        const int64_t nt = std::min(kLutTokens, n_tok - t0);
+        lut_matmul(*L, y.p + t0 * w.rows, x.p + t0 * w.cols, nt);
+      }
+      return;
+    }
     ensure_scratch(w.cols);
     // Blocks of rows small enough to balance, large enough to amortise scheduling.
     const int64_t block = std::max<int64_t>(16, w.rows / (pool_.size() * 8));
@@ -146,6 +170,25 @@ class CpuBackend final : public Backend {
   void to_host(float* dst, Buf src, int64_t n) override { std::memcpy(dst, src.p, size_t(n) * sizeof(float)); }
 
  private:
+  static constexpr int64_t kLutTokens = 16;
+
+  void lut_matmul(const cpu::LutWeight& L, float* y, const float* x, int64_t n_tok) {
+    const size_t tb = size_t(n_tok * L.table_bytes()), mb = size_t(n_tok * L.mult_bytes());
+    const size_t nb = size_t(n_tok * L.n_blocks);
+    if (tables_.size() < tb) tables_.resize(tb);
+    if (mults_.size() < mb) mults_.resize(mb);
+    if (tscale_.size() < nb) tscale_.resize(nb);
+    const cpu::LutTables lt{tables_.data(), mults_.data(), tscale_.data()};
+    const int64_t parts = std::min<int64_t>(pool_.size(), L.n_blocks);
+    pool_.run(parts, [&](int64_t p, int) {
+      k_.lut_tables(L, x, L.cols, n_tok, lt, p * L.n_blocks / parts, (p + 1) * L.n_blocks / parts);
+    });
+    const int64_t per = std::max<int64_t>(1, L.n_tiles / (pool_.size() * 8));
+    pool_.run((L.n_tiles + per - 1) / per, [&](int64_t b, int) {
+      k_.lut_matmul(L, lt, n_tok, y, L.rows, b * per, std::min(L.n_tiles, (b + 1) * per));
+    });
+  }
+
   void ensure_scratch(int64_t cols) {
     if (int64_t(scratch_.size()) == pool_.size() && int64_t(scratch_[0].size()) >= 4 * cols) return;
     scratch_.assign(size_t(pool_.size()), std::vector<float>(size_t(4 * cols)));
@@ -158,6 +201,10 @@ class CpuBackend final : public Backend {
   const cpu::Kernels& k_;
   ThreadPool pool_;
   std::vector<cpu::WeightView> weights_;
+  std::vector<std::unique_ptr<cpu::LutWeight>> luts_;  // per weight, null where not repacked
+  std::vector<int8_t> tables_;
+  std::vector<uint8_t> mults_;
+  std::vector<float> tscale_;
   std::vector<std::vector<float>> vectors_;
   std::vector<std::unique_ptr<float[]>> buffers_;
   std::vector<std::vector<float>> scratch_, att_;
@@ -168,8 +215,14 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
   if (o.device == "cpu") return std::make_unique<CpuBackend>(o.threads);
-  if (o.device == "cuda")
-    throw Error("--device cuda: this build has no CUDA backend yet (use --device cpu)");
+  if (o.device == "cuda") {
+#ifdef KMQ_HAVE_CUDA
+    return make_cuda_backend(o);
+#else
+    throw Error("--device cuda: this build has no CUDA backend (configure with -DKMQ_CUDA=ON where nvcc is "
+                "installed; use --device cpu)");
+#endif
+  }
   throw Error(fmt::format("unknown device '{}' (expected cpu or cuda)", o.device));
 }
 
