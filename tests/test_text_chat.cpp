@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "kmq/tokenizer.h"
@@ -224,4 +226,28 @@ TEST_CASE("random mutations of the real templates never crash") {
     }
   }
   CHECK(parsed > 100);
+}
+
+TEST_CASE("Llama-3.1 template layout: rendered and tokenized as jinja2 renders it") {
+  // tests/data/chat/llama31.jinja (dates in the system header, tools, tool calls, ipython)
+  // rendered by jinja2 into llama31.expected for the fixed 3-turn conversation.
+  const std::vector<ChatMessage> msgs = {{"system", "You are a helpful assistant."},
+                                         {"user", "What is the capital of France?"},
+                                         {"assistant", "  The capital of France is Paris.  "},
+                                         {"user", "And of Italy?\nAnswer in one word."}};
+  ChatTemplateOptions o;
+  o.bos_token = "<|begin_of_text|>";
+  o.eos_token = "<|eot_id|>";
+  const std::string got = ChatTemplate(data_file("llama31.jinja")).render(msgs, o);
+  const std::string want = data_file("llama31.expected");
+  CHECK(got == want);
+  CHECK(got.find("Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n") != std::string::npos);
+  if (!test::have_shared("tokenizers/llama3-tiktoken/tokenizer.model")) return;
+  const Tokenizer tok(load_tokenizer_tiktoken(test::shared_dir() / "tokenizers/llama3-tiktoken/tokenizer.model"));
+  const auto ids = tok.encode(got, false, true);
+  CHECK(ids == tok.encode(want, false, true));
+  REQUIRE(ids.size() > 4);
+  CHECK(ids[0] == 128000);  // <|begin_of_text|>
+  CHECK(ids[1] == 128006);  // <|start_header_id|>
+  CHECK(std::count(ids.begin(), ids.end(), 128009) == 4);  // <|eot_id|> after system and each turn
 }

@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "line_editor.h"
 #include "kmq/error.h"
 #include "kmq/runtime.h"
 #include "text/chat_template.h"
@@ -36,11 +37,7 @@ Runner add_chat(CLI::App& app) {
   app.add_option("--chat-template", o->chat_template,
                  "Use a built-in template instead of the model's: llama3, llama2, mistral, chatml, phi3, gemma");
   app.add_option("-n,--n-predict", o->n, "Tokens per reply at most")->capture_default_str();
-  app.add_option("--temp", o->s.temperature, "Temperature (0 = greedy)")->capture_default_str();
-  app.add_option("--top-k", o->s.top_k, "Top-k (0 = off)")->capture_default_str();
-  app.add_option("--top-p", o->s.top_p, "Top-p (1 = off)")->capture_default_str();
-  app.add_option("--min-p", o->s.min_p, "Min-p (0 = off)")->capture_default_str();
-  app.add_option("--seed", o->s.seed, "Random seed")->capture_default_str();
+  add_sampler_flags(app, o->s);
   app.add_option("-c,--ctx", o->ctx, "Context size (default: the model's)");
   app.add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   app.add_option("--device", o->device, "cpu | cuda")->capture_default_str();
@@ -73,11 +70,22 @@ Runner add_chat(CLI::App& app) {
     sa.sa_handler = on_sigint;  // no SA_RESTART: Ctrl-C at the prompt interrupts the read
     sigaction(SIGINT, &sa, nullptr);
     fmt::print(stderr, "kmq chat: {} on {}, context {} tokens. /exit to quit.\n", o->model, model->backend_name(), n_ctx);
+    // On a terminal: our line editor (history, editing keys; Ctrl-C or Ctrl-D at the prompt
+    // exits). Otherwise each line of stdin is one turn.
+    std::unique_ptr<LineEditor> editor;
+    if (tty && ::isatty(2)) editor = std::make_unique<LineEditor>(0, 2);
     for (;;) {
-      if (tty) fmt::print(stderr, "\n> ");
       std::string line;
       g_interrupts = 0;
-      if (!std::getline(std::cin, line)) break;  // Ctrl-D, end of piped input, or Ctrl-C
+      if (editor) {
+        fmt::print(stderr, "\n");
+        std::fflush(stderr);
+        if (editor->read_line("> ", line) != LineEditor::Status::kLine) break;
+        editor->add_history(line);
+      } else {
+        if (tty) fmt::print(stderr, "\n> ");
+        if (!std::getline(std::cin, line)) break;  // Ctrl-D, end of piped input, or Ctrl-C
+      }
       if (line.empty()) continue;
       if (line == "/exit" || line == "/quit") break;
       if (line == "/reset") {

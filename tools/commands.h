@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <functional>
 
+#include "kmq/sampling.h"
+
 namespace kmq::tools {
 
 using Runner = std::function<int()>;
@@ -12,7 +14,10 @@ Runner add_info(CLI::App& app);
 Runner add_complete(CLI::App& app);
 Runner add_perplexity(CLI::App& app);
 Runner add_chat(CLI::App& app);
+Runner add_bench(CLI::App& app);
 
+// --temp, --top-k, --top-p, --min-p, the penalties and --seed (cmd_sampling_flags.cpp).
+void add_sampler_flags(CLI::App& app, SamplerOptions& s);
 // Length of the longest prefix of s that ends on a UTF-8 character boundary (for streaming
 // token bytes without splitting a character).
 size_t complete_utf8_prefix(const std::string& s);

@@ -40,7 +40,8 @@ int main(int argc, char** argv) {
                "  kmq chat -m model.kmq -s \"You are a helpful assistant.\"\n"
                "  kmq complete -m model.kmq -p \"Once upon a time\" -n 64\n"
                "  kmq perplexity -m model.kmq -f wiki.test.raw\n"
-               "  kmq info model.kmq --verify\n",
+               "  kmq info model.kmq --verify\n"
+               "  kmq bench -m model.kmq -p 512 -n 128 -t 1,2\n",
                "kmq"};
   app.set_version_flag("--version", "kmq 0.1.0 (.kmq format version 1)");
   app.require_subcommand(1);
@@ -49,16 +50,19 @@ int main(int argc, char** argv) {
   auto* complete = app.add_subcommand("complete", "Complete a prompt (streams text to stdout)");
   auto* ppl = app.add_subcommand("perplexity", "Perplexity of a text (llama.cpp protocol)");
   auto* chat = app.add_subcommand("chat", "Interactive chat with the model's chat template");
+  auto* bench = app.add_subcommand("bench", "Prompt and generation speed, GB/s against measured bandwidth");
   auto run_info = kmq::tools::add_info(*info);
   auto run_complete = kmq::tools::add_complete(*complete);
   auto run_ppl = kmq::tools::add_perplexity(*ppl);
   auto run_chat = kmq::tools::add_chat(*chat);
+  auto run_bench = kmq::tools::add_bench(*bench);
   CLI11_PARSE(app, argc, argv);
   try {
     if (info->parsed()) return run_info();
     if (complete->parsed()) return run_complete();
     if (ppl->parsed()) return run_ppl();
     if (chat->parsed()) return run_chat();
+    if (bench->parsed()) return run_bench();
   } catch (const std::exception& e) {
     fmt::print(stderr, "kmq: error: {}\n", e.what());
     return 1;

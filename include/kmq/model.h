@@ -38,6 +38,15 @@ class Model {
   // A new sequence with room for n_ctx tokens (0: the model's max_seq).
   std::unique_ptr<Session> new_session(int64_t n_ctx = 0);
 
+  // One decoding step of several sequences together: tokens[i] is appended to
+  // sessions[i] at its own position n_past(); the matmuls run over the stacked rows (each
+  // weight read once per step), attention per sequence over its own KV cache.
+  // logits: receives sessions.size() x n_vocab values. Sessions must be distinct and of
+  // this model; throws kmq::Error if one is full. Same results as Session::eval per
+  // sequence (the kernels compute each row independently).
+  void decode_batch(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens,
+                    std::vector<float>* logits);
+
  private:
   Model();
   struct Impl;

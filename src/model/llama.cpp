@@ -241,4 +241,65 @@ void Session::eval(const std::vector<int32_t>& tokens, std::vector<float>* logit
   }
 }
 
+void Model::decode_batch(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens,
+                         std::vector<float>* logits) {
+  auto& m = *impl_;
+  auto& b = *m.backend;
+  const auto& c = m.cfg;
+  const int64_t n_seq = int64_t(sessions.size());
+  if (int64_t(tokens.size()) != n_seq)
+    throw Error(fmt::format("decode_batch: {} tokens for {} sessions", tokens.size(), n_seq));
+  if (n_seq == 0) return;
+  for (int64_t i = 0; i < n_seq; ++i) {
+    const Session::Impl& si = *sessions[size_t(i)]->impl_;
+    if (si.m != impl_.get()) throw Error("decode_batch: a session of another model");
+    if (si.n_past + 1 > si.n_ctx)
+      throw Error(fmt::format("1 token does not fit: the context holds {} and {} are used", si.n_ctx, si.n_past));
+    for (int64_t j = 0; j < i; ++j)
+      if (sessions[size_t(j)] == sessions[size_t(i)]) throw Error("decode_batch: a session appears twice");
+  }
+  if (logits) logits->resize(size_t(n_seq * c.n_vocab));
+  // The activations of the first session hold the stacked rows (max_batch rows at a time).
+  Session::Impl& s = *sessions[0]->impl_;
+  const int64_t hd = c.head_dim, q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
+  for (int64_t done = 0; done < n_seq; done += s.max_batch) {
+    const int64_t nb = std::min(s.max_batch, n_seq - done);
+    b.embed(s.x, m.tok_embd, tokens.data() + done, nb);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const auto& w = m.layers[size_t(l)];
+      b.rmsnorm(s.xn, s.x, w.attn_norm, nb, c.dim, c.norm_eps);
+      b.matmul(s.q, w.q, s.xn, nb);
+      b.matmul(s.k, w.k, s.xn, nb);
+      b.matmul(s.v, w.v, s.xn, nb);
+      if (c.attn_qkv_bias) {
+        b.add_bias(s.q, w.q_bias, nb, q_dim);
+        b.add_bias(s.k, w.k_bias, nb, kv_dim);
+        b.add_bias(s.v, w.v_bias, nb, kv_dim);
+      }
+      for (int64_t r = 0; r < nb; ++r) {  // each row at its own position, over its own cache
+        Session::Impl& sr = *sessions[size_t(done + r)]->impl_;
+        const Buf q = s.q.at(r * q_dim), k = s.k.at(r * kv_dim), v = s.v.at(r * kv_dim);
+        b.rope(q, 1, c.n_heads, sr.n_past);
+        b.rope(k, 1, c.n_kv_heads, sr.n_past);
+        b.attention(s.att.at(r * q_dim), q, k, v, sr.k_cache[size_t(l)], sr.v_cache[size_t(l)], 1, sr.n_past,
+                    c.n_heads, c.n_kv_heads, hd, c.sliding_window);
+      }
+      b.matmul(s.xn, w.o, s.att, nb);
+      b.add(s.x, s.xn, nb * c.dim);
+      b.rmsnorm(s.xn, s.x, w.ffn_norm, nb, c.dim, c.norm_eps);
+      b.matmul(s.gate, w.gate, s.xn, nb);
+      b.matmul(s.up, w.up, s.xn, nb);
+      b.swiglu(s.gate, s.gate, s.up, nb * c.ffn_dim);
+      b.matmul(s.xn, w.down, s.gate, nb);
+      b.add(s.x, s.xn, nb * c.dim);
+    }
+    for (int64_t r = 0; r < nb; ++r) ++sessions[size_t(done + r)]->impl_->n_past;
+    if (logits) {
+      b.rmsnorm(s.xn, s.x, m.output_norm, nb, c.dim, c.norm_eps);
+      b.matmul(s.logits, m.output, s.xn, nb);
+      b.to_host(logits->data() + done * c.n_vocab, s.logits, nb * c.n_vocab);
+    }
+  }
+}
+
 }  // namespace kmq

@@ -1,8 +1,12 @@
-// Sampling: greedy argmax, and temperature with top-k / top-p / min-p truncation.
+// Sampling: penalties, greedy argmax, and temperature with top-k / top-p / min-p
+// truncation, in the order documented in include/kmq/sampling.h.
 #include <algorithm>
 #include <cmath>
+#include <fmt/format.h>
 #include <numeric>
+#include <unordered_map>
 
+#include "kmq/error.h"
 #include "kmq/sampling.h"
 
 namespace kmq {
@@ -34,32 +38,74 @@ uint64_t Rng::next() {
 
 double Rng::uniform() { return double(next() >> 11) * 0x1.0p-53; }
 
+void validate(const SamplerOptions& o) {
+  auto bad = [](const char* opt, double v, const char* want) {
+    throw Error(fmt::format("{} {} is out of range ({})", opt, v, want));
+  };
+  if (!(o.temperature >= 0.0f) || !std::isfinite(o.temperature)) bad("--temp", o.temperature, "0 = greedy, or > 0");
+  if (o.top_k < 0) bad("--top-k", o.top_k, "0 = off, or >= 1");
+  if (!(o.top_p > 0.0f && o.top_p <= 1.0f)) bad("--top-p", o.top_p, "(0, 1], 1 = off");
+  if (!(o.min_p >= 0.0f && o.min_p <= 1.0f)) bad("--min-p", o.min_p, "[0, 1], 0 = off");
+  if (!(o.repeat_penalty > 0.0f) || !std::isfinite(o.repeat_penalty)) bad("--repeat-penalty", o.repeat_penalty, "> 0, 1 = off");
+  if (!std::isfinite(o.presence_penalty)) bad("--presence-penalty", o.presence_penalty, "finite");
+  if (!std::isfinite(o.frequency_penalty)) bad("--frequency-penalty", o.frequency_penalty, "finite");
+  if (o.penalty_last_n < -1) bad("--repeat-last-n", o.penalty_last_n, "-1 = all, 0 = off, or >= 1");
+}
+
 int32_t argmax(const float* logits, int64_t n) {
   int64_t best = 0;
   for (int64_t i = 1; i < n; ++i)
-    if (logits[i] > logits[best]) best = i;
+    if (logits[i] > logits[best] || (std::isnan(logits[best]) && !std::isnan(logits[i]))) best = i;
   return int32_t(best);
 }
 
-int32_t sample(const float* logits, int64_t n, const SamplerOptions& o, Rng& rng) {
-  if (o.temperature <= 0.0f) return argmax(logits, n);
+std::vector<float> apply_penalties(const float* logits, int64_t n, const SamplerOptions& o,
+                                   std::span<const int32_t> history) {
+  std::vector<float> out(logits, logits + n);
+  if (!o.penalties_active() || history.empty()) return out;
+  size_t window = history.size();
+  if (o.penalty_last_n > 0) window = std::min(window, size_t(o.penalty_last_n));
+  std::unordered_map<int32_t, int> count;
+  for (size_t i = history.size() - window; i < history.size(); ++i)
+    if (history[i] >= 0 && history[i] < n) ++count[history[i]];
+  for (auto [id, c] : count) {
+    float& l = out[size_t(id)];
+    if (o.repeat_penalty != 1.0f) l = l > 0 ? l / o.repeat_penalty : l * o.repeat_penalty;
+    l -= float(c) * o.frequency_penalty + o.presence_penalty;
+  }
+  return out;
+}
+
+std::vector<std::pair<int32_t, double>> sampling_distribution(const float* raw, int64_t n, const SamplerOptions& o,
+                                                              std::span<const int32_t> history) {
+  if (n <= 0) throw Error("sampling from an empty vocabulary");
+  std::vector<float> penalized;
+  const float* logits = raw;
+  if (o.penalties_active() && !history.empty()) {
+    penalized = apply_penalties(raw, n, o, history);
+    logits = penalized.data();
+  }
+  if (o.temperature <= 0.0f) return {{argmax(logits, n), 1.0}};
   std::vector<int32_t> ids(static_cast<size_t>(n));
   std::iota(ids.begin(), ids.end(), 0);
-  // Sort candidates by logit (descending, lowest id first on ties): deterministic.
-  auto better = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  int64_t k = (o.top_k > 0 && o.top_k < n) ? o.top_k : n;
+  // Candidates by logit, descending, lowest id first on ties (NaN last): deterministic.
+  auto key = [&](int32_t a) { return std::isnan(logits[a]) ? -INFINITY : logits[a]; };
+  auto better = [&](int32_t a, int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); };
+  const int64_t k = (o.top_k > 0 && o.top_k < n) ? o.top_k : n;
   std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), better);
   ids.resize(size_t(k));
+  const double mx = key(ids[0]);
+  if (!std::isfinite(mx)) return {{ids[0], 1.0}};  // every logit -inf or NaN: nothing to draw from
   std::vector<double> p(static_cast<size_t>(k));
-  const double mx = logits[ids[0]];
   double sum = 0;
-  for (int64_t i = 0; i < k; ++i) sum += p[i] = std::exp((logits[ids[i]] - mx) / o.temperature);
+  for (int64_t i = 0; i < k; ++i) sum += p[size_t(i)] = std::exp((double(key(ids[size_t(i)])) - mx) / o.temperature);
   for (auto& v : p) v /= sum;
   int64_t keep = k;
+  while (keep > 1 && p[size_t(keep - 1)] == 0.0) --keep;  // -inf logits (or underflow) are never drawn
   if (o.top_p < 1.0f) {
     double cum = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      cum += p[i];
+    for (int64_t i = 0; i < keep; ++i) {
+      cum += p[size_t(i)];
       if (cum >= o.top_p) {
         keep = i + 1;
         break;
@@ -69,17 +115,26 @@ int32_t sample(const float* logits, int64_t n, const SamplerOptions& o, Rng& rng
   if (o.min_p > 0.0f) {
     const double thr = o.min_p * p[0];
     int64_t m = 1;
-    while (m < keep && p[m] >= thr) ++m;
+    while (m < keep && p[size_t(m)] >= thr) ++m;
     keep = m;
   }
   double total = 0;
-  for (int64_t i = 0; i < keep; ++i) total += p[i];
-  double r = rng.uniform() * total;
-  for (int64_t i = 0; i < keep; ++i) {
-    r -= p[i];
-    if (r < 0) return ids[i];
+  for (int64_t i = 0; i < keep; ++i) total += p[size_t(i)];
+  std::vector<std::pair<int32_t, double>> out(static_cast<size_t>(keep));
+  for (int64_t i = 0; i < keep; ++i) out[size_t(i)] = {ids[size_t(i)], p[size_t(i)] / total};
+  return out;
+}
+
+int32_t sample(const float* logits, int64_t n, const SamplerOptions& o, Rng& rng, std::span<const int32_t> history) {
+  if (o.temperature <= 0.0f && !(o.penalties_active() && !history.empty())) return argmax(logits, n);
+  const auto dist = sampling_distribution(logits, n, o, history);
+  if (o.temperature <= 0.0f) return dist[0].first;
+  double r = rng.uniform();
+  for (const auto& [id, p] : dist) {
+    r -= p;
+    if (r < 0) return id;
   }
-  return ids[keep - 1];
+  return dist.back().first;
 }
 
 }  // namespace kmq

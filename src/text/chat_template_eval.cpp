@@ -806,12 +806,92 @@ class Renderer {
       }
       return Value::string(std::move(out));
     }
+    if (f == "select" || f == "reject" || f == "selectattr" || f == "rejectattr") {
+      // jinja2: keep (select) or drop (reject) the items for which the test passes; the
+      // test is applied to the item's attribute with *attr (dotted paths allowed); no
+      // test name: the value's truthiness.
+      const bool by_attr = f.size() > 6 && f.compare(f.size() - 4, 4, "attr") == 0;
+      const bool keep = f[0] == 's';
+      size_t k = 0;
+      std::string attr;
+      if (by_attr) {
+        attr = need_string(e, arg_value(e, 0, "attribute"));
+        k = 1;
+      }
+      const Value test = arg_value(e, k, "");
+      const Value targ = arg_value(e, k + 1, "");
+      List out;
+      for (const Value& it : iterate(e, v)) {
+        step(e.line);
+        const Value x = by_attr ? attribute_path(e, it, attr) : it;
+        const bool pass = test.is(K::kUndefined) ? truthy(x) : test_value(e, need_string(e, test), x, targ);
+        if (pass == keep) out.push_back(it);
+      }
+      return Value::of_list(std::move(out));
+    }
+    if (f == "map") {
+      // map(attribute='a.b', default=x) or map('filter') for filters without arguments.
+      const Value attr = arg_value(e, 99, "attribute");
+      List out;
+      if (!attr.is(K::kUndefined)) {
+        const Value dflt = arg_value(e, 99, "default");
+        for (const Value& it : iterate(e, v)) {
+          step(e.line);
+          Value x = attribute_path(e, it, need_string(e, attr));
+          out.push_back(x.is(K::kUndefined) && !dflt.is(K::kUndefined) ? dflt : x);
+        }
+        return Value::of_list(std::move(out));
+      }
+      const std::string name = need_string(e, arg_value(e, 0, ""));
+      static const char* const kPlain[] = {"string", "lower", "upper", "trim", "title", "capitalize", "tojson",
+                                           "length", "count", "int", "float", "abs", "first", "last", "list"};
+      if (std::find_if(std::begin(kPlain), std::end(kPlain), [&](const char* n) { return name == n; }) == std::end(kPlain))
+        fail(e, fmt::format("map: filter '{}' is not supported here (use map(attribute=...) or a filter without arguments)", name));
+      Expr call;
+      call.kind = e.kind;
+      call.line = e.line;
+      call.col = e.col;
+      call.name = name;
+      auto lit = std::make_unique<Expr>();
+      lit->kind = ExprKind::kLiteral;
+      call.args.push_back(std::move(lit));
+      for (const Value& it : iterate(e, v)) {
+        step(e.line);
+        call.args[0]->value = it;
+        out.push_back(apply_filter(call));
+      }
+      return Value::of_list(std::move(out));
+    }
     fail(e, "unknown filter '" + f + "'");
   }
 
+  // obj.a.b for map / selectattr: undefined where a step is missing.
+  Value attribute_path(const Expr& e, const Value& obj, const std::string& path) {
+    Value cur = obj;
+    size_t k = 0;
+    for (;;) {
+      const size_t dot = path.find('.', k);
+      const std::string part = path.substr(k, dot == std::string::npos ? std::string::npos : dot - k);
+      if (cur.is(K::kUndefined)) return cur;
+      const bool digits = !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
+      cur = (cur.is(K::kList) && digits) ? get_item(e, cur, Value::integer(std::stoll(part.substr(0, 18))))
+                                          : get_item(e, cur, Value::string(part));
+      if (dot == std::string::npos) return cur;
+      k = dot + 1;
+    }
+  }
+
   bool run_test(const Expr& e) {
-    const std::string& t = e.name;
     const Value v = eval(*e.args[0]);
+    const std::string& t = e.name;
+    const bool needs_arg = t == "divisibleby" || t == "eq" || t == "equalto" || t == "ne" || t == "in" ||
+                           t == "gt" || t == "ge" || t == "lt" || t == "le" ||
+                           t == "greaterthan" || t == "lessthan";
+    return test_value(e, t, v, needs_arg ? arg_value(e, 0, t == "divisibleby" ? "num" : "other") : Value::undefined(""));
+  }
+
+  // The test named t on v; `other`: its argument where it takes one.
+  bool test_value(const Expr& e, const std::string& t, const Value& v, const Value& other) {
     if (t == "defined") return !v.is(K::kUndefined);
     if (t == "undefined") return v.is(K::kUndefined);
     if (t == "none") return v.is(K::kNone);
@@ -834,15 +914,18 @@ class Renderer {
       if (!v.is(K::kInt)) fail(e, fmt::format("test '{}' needs an integer", t));
       int64_t d = 2;
       if (t == "divisibleby") {
-        const Value dv = arg_value(e, 0, "num");
+        const Value& dv = other;
         if (!dv.is(K::kInt) || dv.i == 0) fail(e, "divisibleby needs a non-zero integer");
         d = dv.i;
       }
       const int64_t m = d == -1 ? 0 : v.i % d;
       return t == "odd" ? m != 0 : m == 0;
     }
-    const Value other = arg_value(e, 0, "other");
     if (t == "eq" || t == "equalto") return equal(v, other);
+    if (t == "gt" || t == "greaterthan") return compare(e, ">", v, other);
+    if (t == "ge") return compare(e, ">=", v, other);
+    if (t == "lt" || t == "lessthan") return compare(e, "<", v, other);
+    if (t == "le") return compare(e, "<=", v, other);
     if (t == "ne") return !equal(v, other);
     if (t == "in") return contains(e, other, v);
     fail(e, "unknown test '" + t + "'");

@@ -257,11 +257,13 @@ class Lexer {
 const std::set<std::string> kFilters = {
     "trim", "length", "count", "upper", "lower", "tojson", "default", "d", "join", "title",
     "first", "last", "string", "int", "float", "capitalize", "replace", "list", "safe", "abs",
-    "items", "reverse", "unique", "min", "max", "wordcount", "indent", "center"};
+    "items", "reverse", "unique", "min", "max", "wordcount", "indent", "center",
+    "select", "reject", "selectattr", "rejectattr", "map"};
 const std::set<std::string> kTests = {
     "defined", "undefined", "none", "string", "number", "integer", "float", "mapping",
     "iterable", "sequence", "boolean", "true", "false", "odd", "even", "eq", "ne", "equalto",
-    "in", "lower", "upper", "divisibleby", "callable"};
+    "in", "lower", "upper", "divisibleby", "callable",
+    "gt", "ge", "lt", "le", "greaterthan", "lessthan"};
 
 // Expression parser over the tokens of one tag (jinja2's precedence: cond < or < and <
 // not < compare < + - < ~ < * / // % < ** < unary < postfix, filters and tests).

@@ -14,6 +14,9 @@ TOKENS = {
     "chatml": ("", "<|im_end|>"),
     "phi3": ("<s>", "<|endoftext|>"),
     "gemma": ("<bos>", "<eos>"),
+    # Llama-3.1's template layout (system header with dates, tools, tool calls, ipython);
+    # the shared data has no copy of Meta's file, so this is a reconstruction.
+    "llama31": ("<|begin_of_text|>", "<|eot_id|>"),
 }
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 TURNS = [
@@ -84,6 +87,11 @@ FEATURES = [
     "{{ date_string }} {{ bos_token }}{{ eos_token }} {{ add_generation_prompt }} {{ tools is none }} {{ tools is defined }}",
     "{# comment {{ not rendered }} #}{{ 'x' }}{#- c -#}\n  {{ 'y' }}",
     "{% if false %}a{% elif false %}b{% elif true %}c{% else %}d{% endif %}{% if false %}a{% elif 0 %}b{% else %}e{% endif %}",
+    "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join('|') }}#{{ messages | rejectattr('role', 'eq', 'user') | map(attribute='role') | list }}",
+    "{{ messages | selectattr('role') | list | length }} {{ [0, 1, '', 'a', none] | select | list }} {{ [1, 2, 3, 4, 5] | reject('odd') | list }} {{ [1, 5, 9] | select('gt', 4) | list }}",
+    "{{ ['A', 'b'] | map('lower') | join }} {{ messages | map(attribute='nothere', default='d') | join(',') }} {{ messages | map(attribute='content') | map('length') | list }}",
+    "{{ [{'f': {'n': 'x'} }, {'f': {'n': 'y'} }] | map(attribute='f.n') | join }} {{ [{'a': [7, 8]}] | map(attribute='a.1') | list }} {{ messages | selectattr('role', 'in', ['system', 'assistant']) | map(attribute='role') | join(',') }}",
+    "{{ [3, 1, 2] | select('divisibleby', 3) | list }} {{ ['a', 'b'] | reject('equalto', 'a') | first }} {{ messages | selectattr('content', 'string') | list | length }}",
 ]
 
 
