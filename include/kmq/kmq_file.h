@@ -55,7 +55,8 @@ class KmqFile {
   const TensorRef* find(const std::string& name) const;  // nullptr if absent
   const TensorRef& get(const std::string& name) const;   // throws naming file and tensor
 
-  // Checks every tensor's CRC; returns the names of corrupted tensors (empty = intact).
+  // Checks every tensor's CRC and that the padding after its region is zero; returns the
+  // names of corrupted tensors (empty = intact). `kmq info --verify` prints this.
   std::vector<std::string> verify() const;
 
  private:

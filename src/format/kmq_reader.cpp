@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fmt/format.h>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
@@ -76,6 +77,22 @@ KmqFile::KmqFile(const std::filesystem::path& path) : impl_(std::make_unique<Imp
   if (h.dir_count > format::kMaxTensors || !mul_ok(h.dir_count, sizeof(DirEntry), &dir_bytes) ||
       h.dir_offset < h.meta_offset + h.meta_size || !fits(h.dir_offset, dir_bytes, fsize))
     fail(fmt::format("tensor directory ({} entries at offset {}) lies outside the file", h.dir_count, h.dir_offset));
+  // No checksum covers the padding between the sections, so it must be what the writer
+  // wrote: fewer than kAlign zero bytes, and the metadata right after the tensor data.
+  if (h.meta_offset != h.data_offset + h.data_size)
+    fail(fmt::format("metadata at offset {} does not follow the tensor data (which ends at {})", h.meta_offset,
+                     h.data_offset + h.data_size));
+  auto check_padding = [&](uint64_t from, uint64_t to, const char* after) {
+    if (to - from >= format::kAlign)
+      fail(fmt::format("{} bytes of padding after the {} (at most {})", to - from, after, format::kAlign - 1));
+    for (uint64_t i = from; i < to; ++i)
+      if (base[i] != 0) fail(fmt::format("nonzero byte at offset {} in the padding after the {}", i, after));
+  };
+  if (!std::all_of(std::begin(h.reserved), std::end(h.reserved), [](uint8_t b) { return b == 0; }))
+    fail("reserved header bytes are not zero");
+  check_padding(sizeof(FileHeader), h.data_offset, "header");
+  check_padding(h.meta_offset + h.meta_size, h.dir_offset, "metadata");
+  check_padding(h.dir_offset + dir_bytes, fsize, "directory");
 
   // Metadata.
   const uint8_t* meta = base + h.meta_offset;
@@ -103,8 +120,20 @@ KmqFile::KmqFile(const std::filesystem::path& path) : impl_(std::make_unique<Imp
     t.name = e.name;
     auto tfail = [&](const std::string& what) { fail(fmt::format("tensor '{}': {}", t.name, what)); };
     if (m.by_name.count(t.name)) tfail("appears twice in the directory");
+    // Bytes the reader does not otherwise look at are zero (the writer zeroes them).
+    auto all_zero = [](const void* p, size_t n) {
+      const auto* b = static_cast<const uint8_t*>(p);
+      return std::all_of(b, b + n, [](uint8_t x) { return x == 0; });
+    };
+    if (!all_zero(e.name + t.name.size(), format::kNameLen - t.name.size()) || !all_zero(e.reserved0, sizeof e.reserved0) ||
+        !all_zero(e.reserved, sizeof e.reserved))
+      tfail("nonzero bytes in the name padding or the reserved fields");
     if (e.dtype > uint8_t(DType::kKmq)) tfail(fmt::format("unknown dtype {}", e.dtype));
     t.dtype = DType(e.dtype);
+    if (e.dtype != uint8_t(DType::kKmq) &&
+        (e.bits || e.scope || e.codebook_dtype || e.scale_dtype || e.group_size || e.scale_block ||
+         !all_zero(e.part_offset + 1, 2 * sizeof(uint64_t)) || !all_zero(e.part_size + 1, 2 * sizeof(uint64_t))))
+      tfail("a float tensor with quantization fields set");
     if (e.ndim != 1 && e.ndim != 2) tfail(fmt::format("unsupported number of dimensions {}", e.ndim));
     t.ndim = e.ndim;
     if (e.shape[0] <= 0 || e.shape[1] <= 0 || e.shape[0] > (int64_t(1) << 40) || e.shape[1] > (int64_t(1) << 40) ||
@@ -205,10 +234,32 @@ const TensorRef& KmqFile::get(const std::string& name) const {
 }
 
 std::vector<std::string> KmqFile::verify() const {
-  std::vector<std::string> bad;
-  for (const auto& t : impl_->tensors)
-    if (crc32c(impl_->map.data() + t.file_offset, t.file_size) != t.crc) bad.push_back(t.name);
-  return bad;
+  // A tensor is bad when its CRC fails or when the padding after its region (up to the
+  // next region or the end of the data; before the first region: the first tensor's) is
+  // not zero: no checksum covers the padding, and every payload byte must be checked.
+  const auto& m = *impl_;
+  const uint8_t* base = m.map.data();
+  const size_t n = m.tensors.size();
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return m.tensors[a].file_offset < m.tensors[b].file_offset; });
+  auto zero = [&](uint64_t from, uint64_t to) {
+    return std::all_of(base + from, base + to, [](uint8_t x) { return x == 0; });
+  };
+  std::vector<bool> bad(n, false);
+  const uint64_t data_end = m.header.data_offset + m.header.data_size;
+  for (size_t k = 0; k < n; ++k) {
+    const TensorRef& t = m.tensors[order[k]];
+    const uint64_t end = t.file_offset + t.file_size;
+    const uint64_t next = k + 1 < n ? m.tensors[order[k + 1]].file_offset : data_end;
+    bad[order[k]] = crc32c(base + t.file_offset, t.file_size) != t.crc || !zero(end, next) ||
+                    (k == 0 && !zero(m.header.data_offset, t.file_offset));
+  }
+  std::vector<std::string> names;
+  for (size_t i = 0; i < n; ++i)
+    if (bad[i]) names.push_back(m.tensors[i].name);
+  return names;
 }
 
 }  // namespace kmq

@@ -171,6 +171,9 @@ TokenizerData load_tokenizer_llama2c(const std::filesystem::path& bin_file, int6
   while (n_vocab > 0 ? int64_t(d.tokens.size()) < n_vocab : pos < size) {
     const size_t id = d.tokens.size();
     if (id >= text::kMaxVocab) throw Error(where + ": too many tokens");
+    if (pos == size)  // n_vocab > 0: the file ends before the checkpoint's vocabulary does
+      throw Error(fmt::format("{}: the tokenizer has {} tokens but the checkpoint's vocab_size is {}", where, id,
+                              n_vocab));
     if (size - pos < 8)
       throw Error(fmt::format("{}: token {}: header past end of file (offset {})", where, id, pos));
     float score;
@@ -202,6 +205,9 @@ TokenizerData load_tokenizer_llama2c(const std::filesystem::path& bin_file, int6
     d.scores.push_back(score);
     d.types.push_back(type);
   }
+  if (pos != size)  // a larger tokenizer than the checkpoint's vocabulary: not its tokenizer
+    throw Error(fmt::format("{}: the tokenizer has more tokens than the checkpoint's vocab_size {} ({} bytes "
+                            "left after token {})", where, n_vocab, size - pos, n_vocab - 1));
   if (d.tokens.size() < 3) throw Error(fmt::format("{}: only {} tokens", where, d.tokens.size()));
   d.unk_id = 0;
   d.bos_id = 1;
