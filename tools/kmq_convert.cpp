@@ -1,13 +1,18 @@
 // kmq-convert: Hugging Face directories and llama2.c checkpoints to .kmq, fitting k-means
 // codebooks. A thin main: options in, convert_model() does the work.
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <csignal>
+#include <fstream>
 #include <cstring>
 #include <fmt/format.h>
 #include <thread>
 #include <unistd.h>
 
 #include "convert/convert.h"
+#include "calib/calibrate.h"
+#include "calib/mixed.h"
+#include "convert/synthetic.h"
 #include "kmq/error.h"
 
 namespace {
@@ -29,6 +34,38 @@ kmq::CodebookScope parse_scope(const std::string& s) {
   throw kmq::Error("--codebook must be tensor, row or group");
 }
 
+// --synthetic PRESET: real shapes, random weights, stored as the options say (synthetic.h).
+int run_synthetic(const std::string& preset, const std::string& output, const kmq::ConvertOptions& o, bool quiet) {
+  const auto& p = kmq::find_synthetic_preset(preset);
+  const auto& c = p.config;
+  fmt::print(stderr, "kmq-convert: synthetic {} (random weights, seed {}): {}\n", p.name, o.quant.seed, p.description);
+  fmt::print(stderr, "  {} layers, dim {}, {} heads ({} kv), ffn {}, vocab {}, ctx {}{}\n", c.n_layers, c.dim, c.n_heads,
+             c.n_kv_heads, c.ffn_dim, c.n_vocab, c.max_seq, c.tied_embeddings ? ", tied embeddings" : "");
+  std::string tmp = output + fmt::format(".tmp-{}", ::getpid());
+  std::strncpy(g_temp_path, tmp.c_str(), sizeof g_temp_path - 1);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  kmq::SyntheticOptions so;
+  so.preset = preset;
+  so.seed = o.quant.seed;
+  auto rep = kmq::write_synthetic_model(so, output, o, [&](size_t i, size_t n, const kmq::TensorReport& t) {
+    if (quiet) return;
+    std::string shape = t.shape.size() == 2 ? fmt::format("{}x{}", t.shape[0], t.shape[1]) : fmt::format("{}", t.shape[0]);
+    fmt::print(stderr, "  [{:>4}/{}] {:<24} {:>12}  {:<26} {:6.3f} bpw\n", i + 1, n, t.name, shape, t.scheme,
+               t.bits_per_weight);
+  });
+  g_temp_path[0] = 0;
+  fmt::print(stderr, "kmq-convert: wrote {} ({:.2f} MB) in {:.1f} s\n", output, rep.file_bytes / 1e6, rep.seconds);
+  if (rep.n_quant_weights)
+    fmt::print(stderr, "  quantized tensors: {:.4f} bits/weight over {} weights\n",
+               rep.quant_bits / double(rep.n_quant_weights), rep.n_quant_weights);
+  fmt::print(stderr, "  all tensors: {:.4f} bits/weight over {} weights\n", rep.total_bits / double(rep.n_weights),
+             rep.n_weights);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -40,7 +77,8 @@ int main(int argc, char** argv) {
       "  kmq-convert ~/models/SmolLM-135M -o smollm-q4.kmq                 # 4.25 bits/weight\n"
       "  kmq-convert ~/models/SmolLM-135M -o smollm-q2.kmq --bits 2 --codebook row\n"
       "  kmq-convert ~/models/SmolLM-135M -o smollm-bf16.kmq --float bf16  # no quantization\n"
-      "  kmq-convert stories260K.bin --tokenizer tok512.bin -o stories.kmq --float f32\n",
+      "  kmq-convert stories260K.bin --tokenizer tok512.bin -o stories.kmq --float f32\n"
+      "  kmq-convert --synthetic llama-3.2-1b -o synth-1b-q2.kmq --bits 2  # random weights, real shapes\n",
       "kmq-convert"};
   app.set_version_flag("--version", "kmq-convert 0.1.0 (writes .kmq format version 1)");
   std::string input, output, tokenizer, codebook = "tensor", scale_mode = "auto", float_type;
@@ -48,7 +86,7 @@ int main(int argc, char** argv) {
   kmq::ConvertOptions o;
   int threads = 0;
   bool force = false, quiet = false;
-  app.add_option("input", input, "Hugging Face directory or llama2.c checkpoint")->required();
+  app.add_option("input", input, "Hugging Face directory or llama2.c checkpoint (none with --synthetic)");
   app.add_option("-o,--output", output, "Output .kmq file (written atomically)")->required();
   app.add_option("--tokenizer", tokenizer, "llama2.c tokenizer.bin (llama2.c inputs only)");
   app.add_option("--bits", o.quant.bits, "Bits per index: 1, 2, 3 or 4")->check(CLI::Range(1, 4))->capture_default_str();
@@ -68,8 +106,31 @@ int main(int argc, char** argv) {
                  "e.g. --override 'blk\\.0\\..*=4' (names: kmq info FILE)");
   app.add_option("-t,--threads", threads, "Threads (default: all cores)");
   app.add_option("--seed", o.quant.seed, "k-means++ seed (output is deterministic for a seed)");
+  // Data-aware quantization (issue #6): importance from calibration text, least-squares
+  // refit of scales and centroids, mixed precision by measured sensitivity.
+  std::string calibration;
+  kmq::CalibrationOptions cal_opts;
+  double target_bpw = 0;
+  app.add_option("--calibration", calibration,
+                 "Text file: run the float model over it and weight each weight's error by its input\n"
+                 "channel's activation energy (mean x^2, like llama.cpp's imatrix)");
+  app.add_option("--calibration-tokens", cal_opts.max_tokens, "Calibration tokens (whole chunks of 512)")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 24))->capture_default_str();
+  app.add_option("--ls-iters", o.quant.ls_iters,
+                 "Least-squares passes refitting block scales and centroids to the (importance-)\n"
+                 "weighted error after k-means (0: none)")->check(CLI::Range(0, 100))->capture_default_str();
+  app.add_option("--target-bpw", target_bpw,
+                 "Mixed precision: choose 1..4 bits per matrix (embedding and output included) by\n"
+                 "measured sensitivity (KL with one tensor at 2 bits, with --calibration) times\n"
+                 "weighted error, per byte, so the whole file has at most this many bits/weight")
+      ->check(CLI::Range(1.0, 16.0));
   app.add_flag("-f,--force", force, "Overwrite an existing output file");
   app.add_flag("-q,--quiet", quiet, "No per-tensor progress");
+  std::string synthetic, presets;
+  for (const auto& p : kmq::synthetic_presets()) presets += fmt::format("\n  {}: {}", p.name, p.description);
+  app.add_option("--synthetic", synthetic,
+                 "No input: write PRESET's shapes with random weights (from --seed), stored as the other\n"
+                 "options say; for speed measurements. Presets (context 8192, tiny: 512):" + presets);
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -93,6 +154,10 @@ int main(int argc, char** argv) {
     }
     o.threads = threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
 
+    if (!synthetic.empty() && !input.empty())
+      throw kmq::Error(fmt::format("give an input or --synthetic, not both ('{}' and --synthetic {})", input, synthetic));
+    if (!synthetic.empty()) return run_synthetic(synthetic, output, o, quiet);
+    if (input.empty()) throw kmq::Error("no input: give a checkpoint (directory or file), or --synthetic PRESET");
     kmq::SourceModel src;
     if (std::filesystem::is_directory(input)) {
       src = kmq::open_hf_dir(input);
@@ -110,6 +175,32 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "  {} layers, dim {}, {} heads ({} kv), ffn {}, vocab {}, ctx {}{}\n", c.n_layers, c.dim,
                c.n_heads, c.n_kv_heads, c.ffn_dim, c.n_vocab, c.max_seq, c.tied_embeddings ? ", tied embeddings" : "");
 
+    kmq::Calibration cal;
+    std::vector<int32_t> cal_tokens;
+    if (!calibration.empty()) {
+      std::ifstream in(calibration, std::ios::binary);
+      if (!in) throw kmq::Error(fmt::format("{}: cannot read the calibration text", calibration));
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      cal_opts.threads = o.threads;
+      cal_tokens = kmq::calibration_tokens(src, text, cal_opts);
+      const auto& toks = cal_tokens;
+      const auto t0 = std::chrono::steady_clock::now();
+      cal = kmq::calibrate(src, toks, cal_opts);
+      fmt::print(stderr, "  calibration: {} tokens ({} chunks of {}) from {} in {:.1f} s\n", cal.tokens, cal.chunks,
+                 cal_opts.n_ctx, calibration,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      o.importance = &cal.importance;
+    }
+    std::map<std::string, kmq::TensorChoice> plan;
+    if (target_bpw > 0) {
+      if (o.float_only) throw kmq::Error("--target-bpw and --float exclude each other");
+      kmq::BitsPlanInputs pin;
+      pin.target_bpw = target_bpw;
+      pin.tokens = cal_tokens;
+      pin.n_ctx = cal_opts.n_ctx;
+      plan = kmq::plan_bits(src, o, pin, [&](const std::string& line) { fmt::print(stderr, "{}\n", line); });
+      o.plan = &plan;
+    }
     {
       // The writer names its temp file after the output and our pid.
       std::string tmp = output + fmt::format(".tmp-{}", ::getpid());

@@ -29,6 +29,11 @@ struct QuantSpec {
   uint64_t seed = 0x6b6d71;  // passed to kmeans_1d; output is deterministic for a seed
   int threads = 1;           // >= 1; output is bit-identical for any thread count
   const float* importance = nullptr;  // optional per-input-column weights (length cols)
+  // Alternating least-squares passes after the fit (0 = none): each pass refits every block
+  // scale, then every centroid, to minimise the (importance-)weighted squared error of the
+  // reconstruction given the assignment, and reassigns. Never increases the weighted error
+  // beyond the rounding of scales and centroids to their storage dtypes.
+  int ls_iters = 0;
 };
 
 struct QuantizedTensor {
@@ -60,6 +65,15 @@ QuantizedTensor quantize(const float* w, int64_t rows, int64_t cols, const Quant
 // Reference reconstruction of row r into out[cols].
 void dequantize_row(const QuantizedTensor& q, int64_t r, float* out);
 QuantStats quant_error(const float* w, const QuantizedTensor& q);
+
+// Lossless encoding of a checkpoint trained with fake quantization (ParetoQ-style uniform
+// levels with a per-row scale, or any scheme where every row takes at most 2^max_bits
+// distinct values): a per-row codebook holding exactly each row's values (f16 when they are
+// all exactly representable in f16, else f32), no scales, bits = ceil(log2(most distinct
+// values in a row)) (at least 1). Returns false, leaving *out alone, when some row has more
+// than 2^max_bits distinct values (it stops at the first such row, so an ordinary float
+// checkpoint costs almost nothing). Reconstruction equals w exactly.
+bool quantize_exact_levels(const float* w, int64_t rows, int64_t cols, int max_bits, QuantizedTensor* out);
 
 // Pack / unpack one row's indices (bit stream as above).
 void pack_indices(const uint8_t* idx, int64_t n, int bits, uint8_t* out);

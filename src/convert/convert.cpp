@@ -24,6 +24,8 @@ std::string scheme_of(const TensorChoice& c) {
   std::string s = fmt::format("q{} {}", q.bits, scope_name(q.scope));
   if (q.scope == CodebookScope::kGroup) s += fmt::format("{}", q.group_size);
   if (q.scale_block > 0) s += fmt::format(" sb{} {}", q.scale_block, scale_mode_name(q.scale_mode));
+  if (q.importance) s += " imp";
+  if (q.ls_iters > 0) s += fmt::format(" ls{}", q.ls_iters);
   return s;
 }
 
@@ -94,7 +96,39 @@ ConvertReport convert_model(const SourceModel& src, const std::filesystem::path&
   for (size_t i = 0; i < src.tensors.size(); ++i) {
     if (o.cancel && o.cancel->load()) throw Error("conversion cancelled; no output written");
     const SourceTensor& t = src.tensors[i];
-    const TensorChoice c = choose_tensor(t, o);
+    if (t.load_quantized && !o.float_only) {  // already k-means quantized: written as stored
+      const QuantizedTensor q = t.load_quantized();
+      TensorReport tr;
+      tr.name = t.name;
+      tr.shape = t.shape;
+      tr.scheme = fmt::format("q{} tensor sb{} imported", q.bits, q.scale_block);
+      tr.bits_per_weight = q.bits_per_weight();
+      const uint64_t n = uint64_t(q.rows * q.cols);
+      w.add_quantized(t.name, q);
+      tr.bytes = uint64_t(tr.bits_per_weight * double(n) / 8.0 + 0.5);
+      rep.n_quant_weights += n;
+      rep.quant_bits += tr.bits_per_weight * double(n);
+      rep.n_weights += n;
+      rep.total_bits += tr.bits_per_weight * double(n);
+      per_tensor[t.name] = {{"scheme", tr.scheme}, {"nmse", 0.0}};
+      rep.tensors.push_back(tr);
+      if (progress) progress(i, src.tensors.size(), tr);
+      continue;
+    }
+    TensorChoice c = choose_tensor(t, o);
+    if (o.plan) {
+      auto it = o.plan->find(t.name);
+      if (it != o.plan->end()) c = it->second;
+    }
+    if (o.importance && c.dtype == DType::kKmq) {
+      auto it = o.importance->find(t.name);
+      if (it != o.importance->end()) {
+        if (int64_t(it->second.size()) != (t.shape.size() == 2 ? t.shape[1] : 1))
+          throw Error(fmt::format("tensor '{}': importance has {} columns, the tensor {}", t.name,
+                                  it->second.size(), t.shape.back()));
+        c.quant.importance = it->second.data();
+      }
+    }
     std::vector<float> v = t.load();
     const int64_t rows = t.shape[0], cols = t.shape.size() == 2 ? t.shape[1] : 1;
     if (int64_t(v.size()) != rows * cols)
@@ -104,7 +138,16 @@ ConvertReport convert_model(const SourceModel& src, const std::filesystem::path&
     tr.shape = t.shape;
     tr.scheme = scheme_of(c);
     const uint64_t n = uint64_t(rows * cols);
-    if (c.dtype == DType::kKmq) {
+    QuantizedTensor exact;
+    if (c.dtype == DType::kKmq && quantize_exact_levels(v.data(), rows, cols, c.quant.bits, &exact)) {
+      // A fake-quantized checkpoint (ParetoQ-style levels): stored losslessly.
+      tr.scheme = fmt::format("q{} row exact levels ({})", exact.bits, dtype_name(exact.codebook_dtype));
+      tr.nmse = 0;
+      tr.bits_per_weight = exact.bits_per_weight();
+      w.add_quantized(t.name, exact);
+      rep.n_quant_weights += n;
+      rep.quant_bits += tr.bits_per_weight * double(n);
+    } else if (c.dtype == DType::kKmq) {
       QuantizedTensor q = quantize(v.data(), rows, cols, c.quant);
       tr.nmse = quant_error(v.data(), q).nmse;
       tr.bits_per_weight = q.bits_per_weight();

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,13 @@ struct ConvertOptions {
   std::vector<std::pair<std::string, std::string>> overrides;
   int threads = 1;
   std::atomic<bool>* cancel = nullptr;  // set to stop; the output is not written
+  // Data-aware fitting: kmq tensor name -> importance of each input column (mean x_j^2 over
+  // calibration tokens, src/calib); quantized tensors found here weight each weight's error
+  // by its column's importance. Not owned; may be null.
+  const std::map<std::string, std::vector<float>>* importance = nullptr;
+  // Per-tensor choices decided beforehand (mixed precision: --target-bpw), by kmq name;
+  // they replace choose_tensor() for the tensors they name. Not owned; may be null.
+  const std::map<std::string, TensorChoice>* plan = nullptr;
 };
 
 struct TensorReport {

@@ -202,7 +202,13 @@ HfConfig parse_hf_config(const std::string& text, const std::string& where) {
 
   HfConfig out;
   const std::string family = detect_family(r, &out.architecture);
-  if (r.get("quantization_config")) r.fail("quantized checkpoints (\"quantization_config\") are not supported");
+  // k-means QAT exports in the 1-Bit Wonder layout (weight_packed/scales/centroids per
+  // linear layer) are read by the tensor mapping (hf_reader.cpp); other schemes are not.
+  if (const auto* qc = r.get("quantization_config")) {
+    const bool kmeans = qc->is_object() && qc->contains("quant_method") && (*qc)["quant_method"] == "kmeans";
+    if (!kmeans)
+      r.fail("quantized checkpoints (\"quantization_config\") are not supported, except quant_method \"kmeans\"");
+  }
 
   ModelConfig& c = out.model;
   c.arch = "llama";

@@ -2,6 +2,8 @@
 // tensor names to kmq names and checks that every tensor is present with its shape.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "convert/hf_config.h"
@@ -59,6 +61,72 @@ std::string dtype_summary(const std::set<DType>& ds) {
   return fmt::format("{}", fmt::join(names, "/"));
 }
 
+// A linear layer stored in the 1-Bit Wonder QAT export layout, in place of NAME.weight:
+//   NAME.weight_packed  U8   [out, in*b/8]  b-bit indices, most significant bits first
+//   NAME.scales         BF16 [out, in/64]   one scale per 64 weights along the input
+//   NAME.centroids      F32  [2^b]          the layer's codebook
+// w[r][j] = centroids[idx[r][j]] * scales[r][j/64]: exactly kmq's per-tensor codebook with
+// 64-weight bf16 block scales. The codebook is sorted (indices remapped), the indices
+// repacked least-significant-bit first. Every shape and value is checked first.
+QuantizedTensor load_1bw(const std::string& where, const std::string& hf, const std::vector<int64_t>& shape,
+                         const SafetensorsSet::Entry& packed, const SafetensorsSet::Entry& scales,
+                         const SafetensorsSet::Entry& centroids) {
+  auto fail = [&](const std::string& m) { throw Error(fmt::format("{}: '{}' (1-Bit Wonder layout): {}", where, hf, m)); };
+  const int64_t rows = shape[0], cols = shape[1];
+  const auto& ci = *centroids.info;
+  if (ci.u8 || ci.dtype != DType::kF32 || ci.shape.size() != 1) fail("centroids must be a 1-D F32 tensor");
+  const int64_t k = ci.shape[0];
+  const int bits = k == 2 ? 1 : k == 4 ? 2 : k == 8 ? 3 : k == 16 ? 4 : 0;
+  if (!bits) fail(fmt::format("{} centroids: expected 2, 4, 8 or 16", k));
+  constexpr int64_t kBlock = 64;
+  if (cols % kBlock) fail(fmt::format("in_features {} is not a multiple of 64", cols));
+  const int64_t row_bytes = cols * bits / 8;
+  const auto& pi = *packed.info;
+  if (!pi.u8 || pi.shape != std::vector<int64_t>{rows, row_bytes})
+    fail(fmt::format("weight_packed must be U8 [{}, {}]", rows, row_bytes));
+  const auto& si = *scales.info;
+  if (si.u8 || (si.dtype != DType::kBF16 && si.dtype != DType::kF16) ||
+      si.shape != std::vector<int64_t>{rows, cols / kBlock})
+    fail(fmt::format("scales must be BF16 (or F16) [{}, {}]", rows, cols / kBlock));
+  std::vector<float> cb = centroids.file->load_f32(ci);
+  for (float c : cb)
+    if (!std::isfinite(c)) fail("a centroid is not finite");
+  std::vector<float> sc = scales.file->load_f32(si);
+  for (float v : sc)
+    if (!std::isfinite(v)) fail("a scale is not finite");
+  // Sort the codebook; perm[old index] = new index.
+  std::vector<int> order(static_cast<size_t>(k));
+  for (int i = 0; i < int(k); ++i) order[size_t(i)] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return cb[size_t(a)] < cb[size_t(b)]; });
+  std::vector<uint8_t> perm(static_cast<size_t>(k));
+  QuantizedTensor q;
+  q.bits = bits;
+  q.scope = CodebookScope::kTensor;
+  q.scale_block = kBlock;
+  q.rows = rows;
+  q.cols = cols;
+  q.codebook_dtype = DType::kF32;
+  q.scale_dtype = si.dtype;
+  for (int i = 0; i < int(k); ++i) {
+    perm[size_t(order[size_t(i)])] = uint8_t(i);
+    q.codebooks.push_back(cb[size_t(order[size_t(i)])]);
+  }
+  q.scales = std::move(sc);
+  q.indices.assign(size_t(rows * q.row_bytes()), 0);
+  const auto src = packed.file->bytes(pi);
+  std::vector<uint8_t> idx(static_cast<size_t>(cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = src.data() + r * row_bytes;
+    for (int64_t j = 0; j < cols; ++j) {
+      unsigned v = 0;
+      for (int64_t bit = j * bits; bit < (j + 1) * bits; ++bit) v = (v << 1) | ((row[bit / 8] >> (7 - bit % 8)) & 1u);
+      idx[size_t(j)] = perm[v];
+    }
+    pack_indices(idx.data(), cols, bits, q.indices.data() + r * q.row_bytes());
+  }
+  return q;
+}
+
 }  // namespace
 
 SourceModel open_hf_dir(const fs::path& dir) {
@@ -85,6 +153,30 @@ SourceModel open_hf_dir(const fs::path& dir) {
   SourceModel m;
   for (const auto& e : expected) {
     const SafetensorsSet::Entry* ent = weights.find(e.hf);
+    if (!ent && e.hf.ends_with(".weight") && e.shape.size() == 2) {
+      const std::string base = e.hf.substr(0, e.hf.size() - 7);
+      const auto *p = weights.find(base + ".weight_packed"), *sc = weights.find(base + ".scales"),
+                 *cb = weights.find(base + ".centroids");
+      if (p && sc && cb) {
+        for (const char* suffix : {".weight_packed", ".scales", ".centroids"}) used.insert(base + suffix);
+        SourceTensor t;
+        t.name = e.kmq;
+        t.shape = e.shape;
+        t.src_dtype = DType::kKmq;
+        dtypes.insert(DType::kKmq);
+        t.load_quantized = [where, hf = e.hf, shape = e.shape, p = *p, sc = *sc, cb = *cb] {
+          return load_1bw(where, hf, shape, p, sc, cb);
+        };
+        t.load = [lq = t.load_quantized] {
+          const QuantizedTensor q = lq();
+          std::vector<float> v(size_t(q.rows * q.cols));
+          for (int64_t r = 0; r < q.rows; ++r) dequantize_row(q, r, v.data() + r * q.cols);
+          return v;
+        };
+        m.tensors.push_back(std::move(t));
+        continue;
+      }
+    }
     if (!ent) throw Error(fmt::format("{}: missing tensor '{}' (kmq '{}', expected shape {})", where, e.hf, e.kmq,
                                       shape_str(e.shape)));
     if (ent->info->shape != e.shape)

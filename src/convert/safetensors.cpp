@@ -31,7 +31,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 // rather than "unknown".
 bool known_unsupported_dtype(std::string_view d) {
   static constexpr std::string_view kOthers[] = {"F64", "I64", "I32", "I16", "I8", "U64", "U32",
-                                                 "U16", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
+                                                 "U16", "BOOL", "F8_E4M3", "F8_E5M2",
                                                  "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4"};
   return std::find(std::begin(kOthers), std::end(kOthers), d) != std::end(kOthers);
 }
@@ -54,8 +54,10 @@ SafetensorsInfo parse_entry(const std::string& where, const std::string& name, c
     t.dtype = DType::kF16;
   } else if (ds == "BF16") {
     t.dtype = DType::kBF16;
+  } else if (ds == "U8") {
+    t.u8 = true;
   } else {
-    fail(fmt::format("{} dtype '{}' (supported: F32, F16, BF16)",
+    fail(fmt::format("{} dtype '{}' (supported: F32, F16, BF16, U8)",
                      known_unsupported_dtype(ds) ? "unsupported" : "unknown", ds));
   }
 
@@ -71,7 +73,7 @@ SafetensorsInfo parse_entry(const std::string& where, const std::string& name, c
     if (mul_overflows(n, dim, &n)) fail(fmt::format("shape {}: element count overflows", s->dump()));
   }
   uint64_t nbytes = 0;
-  if (mul_overflows(n, dtype_size(t.dtype), &nbytes))
+  if (mul_overflows(n, t.u8 ? 1 : dtype_size(t.dtype), &nbytes))
     fail(fmt::format("shape {}: byte size overflows", s->dump()));
 
   auto o = e.find("data_offsets");
@@ -167,6 +169,10 @@ std::vector<float> SafetensorsFile::load_f32(const SafetensorsInfo& t) const {
   auto b = bytes(t);
   const size_t n = size_t(t.n_elements());
   std::vector<float> out(n);
+  if (t.u8) {
+    for (size_t i = 0; i < n; ++i) out[i] = float(b[i]);
+    return out;
+  }
   switch (t.dtype) {
     case DType::kF32:
       if (n) std::memcpy(out.data(), b.data(), n * 4);

@@ -27,6 +27,8 @@ inline constexpr int64_t kSafetensorsMaxDim = int64_t(1) << 48;
 struct SafetensorsInfo {
   std::string name;
   DType dtype = DType::kF32;      // F32, F16 or BF16 (others are rejected at open)
+  bool u8 = false;                // "U8" (packed indices of imported quantized checkpoints):
+                                  // dtype is then meaningless; read bytes(), or load_f32 (0..255)
   std::vector<int64_t> shape;     // as stored; [] is a scalar
   uint64_t begin = 0, end = 0;    // byte range within the data section
   uint64_t n_elements() const;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kmq/config.h"
+#include "kmq/quant.h"
 #include "kmq/tokenizer.h"
 #include "kmq/types.h"
 
@@ -27,6 +28,10 @@ struct SourceTensor {
   std::vector<int64_t> shape;    // [rows, cols] for matrices, [n] for vectors
   DType src_dtype = DType::kF32; // as stored in the checkpoint
   std::function<std::vector<float>()> load;  // reads it (row-major f32), permutations applied
+  // Set for tensors that the checkpoint already stores k-means quantized (1-Bit Wonder QAT
+  // exports): the tensor exactly as stored, written without refitting. load() then gives
+  // its reconstruction.
+  std::function<QuantizedTensor()> load_quantized;
 };
 
 struct SourceModel {

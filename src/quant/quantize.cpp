@@ -94,6 +94,7 @@ void validate(const float* w, int64_t rows, int64_t cols, const QuantSpec& s) {
   if (s.exact_max < 0) fail("exact_max must be >= 0");
   if (s.lloyd_iters < 0) fail("lloyd_iters must be >= 0");
   if (s.threads < 1) fail(fmt::format("threads = {} must be >= 1", s.threads));
+  if (s.ls_iters < 0) fail(fmt::format("ls_iters = {} must be >= 0", s.ls_iters));
   for (int64_t i = 0; i < rows * cols; ++i)
     if (!std::isfinite(w[i]))
       fail(fmt::format("weight [{}, {}] is not finite", i / cols, i % cols));
@@ -208,6 +209,79 @@ void assign_row(const Layout& L, const std::vector<float>& cbs, int64_t r, const
   }
 }
 
+// Alternating least squares on the (importance-)weighted reconstruction error, given an
+// initial fit: each pass sets every block scale to argmin_s sum imp (w - c[idx] s)^2, then
+// every centroid to argmin_c sum imp (w - c s)^2 over its members, each rounded to its
+// storage dtype, and reassigns the nearest stored levels after each half-step. Partial sums
+// are per row and reduced in row order, so the result is the same for any thread count.
+void ls_refine(QuantizedTensor& q, const float* w, const Layout& L, const QuantSpec& spec,
+               int threads) {
+  const float* imp = spec.importance;
+  const int64_t rows = L.rows, cols = L.cols, k = L.k;
+  const int64_t cb_per_row = L.scope == CodebookScope::kGroup ? L.n_groups : 1;
+  std::vector<uint8_t> idx(size_t(rows * cols));
+  auto reassign = [&]() {
+    parallel_for(threads, rows, [&](int64_t r, int) {
+      assign_row(L, q.codebooks, r, w + r * cols, q.scales.data() + r * L.n_sb, idx.data() + r * cols);
+    });
+  };
+  reassign();
+  std::vector<double> num(size_t(rows * cb_per_row * k)), den(num.size());
+  for (int it = 0; it < spec.ls_iters; ++it) {
+    if (L.sb) {
+      parallel_for(threads, rows, [&](int64_t r, int) {
+        const float* wr = w + r * cols;
+        const uint8_t* ir = idx.data() + r * cols;
+        float* sc = q.scales.data() + r * L.n_sb;
+        for (int64_t b = 0; b < L.n_sb; ++b) {
+          if (sc[b] == 0) continue;  // an all-zero block
+          const int64_t j0 = b * L.sb, j1 = std::min(cols, j0 + L.sb);
+          double n = 0, d = 0;
+          for (int64_t j = j0; j < j1; ++j) {
+            const double c = L.cb_of(q.codebooks, r, j)[ir[j]], iw = imp ? imp[j] : 1.0;
+            n += iw * c * double(wr[j]);
+            d += iw * c * c;
+          }
+          if (d > 0 && n > 0) sc[b] = round_scale(spec.scale_dtype, n / d);
+        }
+      });
+      reassign();
+    }
+    std::fill(num.begin(), num.end(), 0.0);
+    std::fill(den.begin(), den.end(), 0.0);
+    parallel_for(threads, rows, [&](int64_t r, int) {
+      const float* wr = w + r * cols;
+      const uint8_t* ir = idx.data() + r * cols;
+      const float* sc = q.scales.data() + r * L.n_sb;
+      for (int64_t j = 0; j < cols; ++j) {
+        const double s = L.sb ? double(sc[j / L.sb]) : 1.0, iw = imp ? imp[j] : 1.0;
+        const int64_t g = L.scope == CodebookScope::kGroup ? j / L.group : 0;
+        const size_t p = size_t((r * cb_per_row + g) * k + ir[j]);
+        num[p] += iw * s * double(wr[j]);
+        den[p] += iw * s * s;
+      }
+    });
+    const int64_t n_cb = q.n_codebooks();
+    for (int64_t c = 0; c < n_cb; ++c) {
+      float* cb = q.codebooks.data() + c * k;
+      for (int64_t i = 0; i < k; ++i) {
+        double n = 0, d = 0;
+        if (L.scope == CodebookScope::kTensor) {
+          for (int64_t r = 0; r < rows; ++r) n += num[size_t(r * k + i)], d += den[size_t(r * k + i)];
+        } else {
+          n = num[size_t(c * k + i)], d = den[size_t(c * k + i)];
+        }
+        if (d > 0) cb[i] = float(n / d);  // an empty cluster keeps its centroid
+      }
+      finish_codebook(spec.codebook_dtype, cb, int(k));
+    }
+    reassign();
+  }
+  parallel_for(threads, rows, [&](int64_t r, int) {
+    pack_indices(idx.data() + r * cols, cols, spec.bits, q.indices.data() + r * q.row_bytes());
+  });
+}
+
 }  // namespace
 
 int64_t QuantizedTensor::n_codebooks() const {
@@ -310,6 +384,7 @@ QuantizedTensor quantize(const float* w, int64_t rows, int64_t cols, const Quant
       assign_and_pack(r, wk);
     });
   }
+  if (spec.ls_iters > 0) ls_refine(q, w, L, spec, threads);
   return q;
 }
 
