@@ -1,0 +1,532 @@
+// The CUDA backend: weights uploaded once to device memory (quantized indices repacked
+// into the fast layout of kernels/cuda/weight.cuh, codebooks to f32), activations and KV
+// cache in device memory, every op a kernel on one stream.
+//
+// Ops are recorded, not launched, until the model reads a result (to_host). A recorded
+// step is a list of launches plus a signature (op, buffers, sizes; positions and token ids
+// go to a pinned parameter block that kernels read from device memory). When a step's
+// signature equals the previous step's (decode: every token after the first), it is
+// captured once as a CUDA graph and replayed: one launch per token instead of ~10 per
+// layer. Matmuls of <= 8 tokens use the GEMV kernels; larger ones dequantize row slabs to
+// f16 (16 MiB, L2-resident) and multiply on the tensor cores through cuBLAS.
+#include "backend/cuda_backend.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <unordered_map>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include "kernels/cpu/kernels.h"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/ops.cuh"
+#include "kmq/error.h"
+
+namespace kmq {
+namespace {
+
+using cuda::CudaWeight;
+
+void blas_check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw Error(fmt::format("cuBLAS error {} in {}", int(s), what));
+}
+
+constexpr int64_t kGemvMaxTok = 8;           // larger batches take the tensor-core path
+constexpr int64_t kSlabElems = 8 << 20;      // f16 slab: 16 MiB, stays in L2
+constexpr int64_t kParamCap = 1 << 20;       // int32 parameter slots per step
+constexpr size_t kBlasWorkspace = 32 << 20;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    KMQ_CUDA_CHECK(cudaSetDevice(device_));
+    KMQ_CUDA_CHECK(cudaGetDeviceProperties(&prop_, device_));
+    if (prop_.major < 8)
+      throw Error(fmt::format("--device cuda: {} is sm_{}{}; kmq's CUDA kernels need compute capability 8.0 or newer "
+                              "(this build: sm_80, sm_89, sm_90)",
+                              prop_.name, prop_.major, prop_.minor));
+    cuda::check_kernel_image();
+    KMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    blas_check(cublasCreate(&blas_), "cublasCreate");
+    blas_check(cublasSetStream(blas_, stream_), "cublasSetStream");
+    blas_ws_ = dev_alloc(kBlasWorkspace, "the cuBLAS workspace");
+    blas_check(cublasSetWorkspace(blas_, blas_ws_, kBlasWorkspace), "cublasSetWorkspace");
+    KMQ_CUDA_CHECK(cudaMallocHost(&params_host_, kParamCap * sizeof(int32_t)));
+    params_dev_ = static_cast<int32_t*>(dev_alloc(kParamCap * sizeof(int32_t), "the parameter block"));
+    const char* g = std::getenv("KMQ_CUDA_GRAPHS");
+    use_graphs_ = !(g && std::string(g) == "0");
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (auto& [sig, exec] : graphs_) cudaGraphExecDestroy(exec);
+    if (blas_) cublasDestroy(blas_);
+    for (void* p : allocations_) cudaFree(p);
+    if (params_host_) cudaFreeHost(params_host_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override {
+    return fmt::format("cuda ({}, sm_{}{}, {:.1f} GiB, graphs {})", prop_.name, prop_.major, prop_.minor,
+                       double(prop_.totalGlobalMem) / double(1 << 30), use_graphs_ ? "on" : "off");
+  }
+  int n_threads() const override { return 1; }
+
+  WeightId upload(const TensorRef& t) override {
+    Weight W;
+    W.name = t.name;
+    CudaWeight& w = W.w;
+    w.rows = t.rows;
+    w.cols = t.cols;
+    if (t.cols == 1 || t.ndim == 1) {  // norm gains, biases: f32 vectors
+      const int64_t n = t.rows * t.cols;
+      std::vector<float> f(static_cast<size_t>(n));
+      cpu::WeightView v = view_of(t);
+      v.rows = 1;
+      v.cols = n;
+      cpu::kernels_ref().dequant_row(v, 0, f.data());
+      float* d = static_cast<float*>(dev_alloc(size_t(n) * 4, "tensor '" + t.name + "'"));
+      KMQ_CUDA_CHECK(cudaMemcpy(d, f.data(), size_t(n) * 4, cudaMemcpyHostToDevice));
+      w.dtype = cuda::kDtF32;
+      w.data = d;
+      W.vec = d;
+    } else if (t.dtype != DType::kKmq) {
+      const size_t bytes = size_t(t.rows * t.cols) * dtype_size(t.dtype);
+      void* d = dev_alloc(bytes, "tensor '" + t.name + "'");
+      KMQ_CUDA_CHECK(cudaMemcpy(d, t.data, bytes, cudaMemcpyHostToDevice));
+      w.dtype = int(t.dtype);
+      w.data = d;
+    } else {
+      upload_kmq(t, w);
+    }
+    weights_.push_back(std::move(W));
+    return WeightId{int32_t(weights_.size() - 1)};
+  }
+
+  Buf alloc(int64_t n) override {
+    float* p = static_cast<float*>(dev_alloc(size_t(std::max<int64_t>(n, 1)) * 4, "an activation buffer"));
+    KMQ_CUDA_CHECK(cudaMemsetAsync(p, 0, size_t(std::max<int64_t>(n, 1)) * 4, stream_));
+    KMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return Buf{p, n};
+  }
+
+  void set_rope(const RopeParams& rope) override {
+    rope_hd_ = rope.head_dim;
+    inv_freq_ = static_cast<float*>(dev_alloc(std::max<size_t>(rope.inv_freq.size(), 1) * 4, "RoPE frequencies"));
+    KMQ_CUDA_CHECK(cudaMemcpy(inv_freq_, rope.inv_freq.data(), rope.inv_freq.size() * 4, cudaMemcpyHostToDevice));
+  }
+
+  void embed(Buf out, WeightId emb, const int32_t* tokens, int64_t n_tok) override {
+    const CudaWeight w = weights_.at(emb.id).w;
+    for (int64_t t = 0; t < n_tok; ++t)
+      if (tokens[t] < 0 || tokens[t] >= w.rows)
+        throw Error(fmt::format("token id {} outside the vocabulary of {}", tokens[t], w.rows));
+    need(out, n_tok * w.cols, "embed");
+    const int32_t* toks = params(tokens, n_tok);
+    record({1, n_tok, emb.id}, {out.p}, [=, st = stream_] { cuda::embed_cuda(out.p, w, toks, n_tok, st); });
+  }
+
+  void rmsnorm(Buf out, Buf x, WeightId g, int64_t n_tok, int64_t dim, float eps) override {
+    const float* gv = vec_of(g, dim);
+    need(out, n_tok * dim, "rmsnorm");
+    need(x, n_tok * dim, "rmsnorm");
+    record({2, n_tok, dim, g.id}, {out.p, x.p},
+           [=, st = stream_] { cuda::rmsnorm_cuda(out.p, x.p, gv, n_tok, dim, eps, st); });
+  }
+
+  void matmul(Buf y, WeightId wid, Buf x, int64_t n_tok) override {
+    const CudaWeight w = weights_.at(wid.id).w;
+    need(x, n_tok * w.cols, "matmul input");
+    need(y, n_tok * w.rows, "matmul output");
+    cudaStream_t st = stream_;
+    if (n_tok <= kGemvMaxTok) {
+      if (cuda::gemv_kmq_supported(w, x.p, w.cols))
+        record({3, n_tok, wid.id}, {y.p, x.p}, [=] { cuda::gemv_kmq_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st); });
+      else if (cuda::gemv_half_supported(w, x.p, w.cols))
+        record({4, n_tok, wid.id}, {y.p, x.p}, [=] { cuda::gemv_half_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st); });
+      else
+        record({5, n_tok, wid.id}, {y.p, x.p}, [=] { cuda::gemv_any_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st); });
+      return;
+    }
+    gemm(y, w, wid.id, x, n_tok);
+  }
+
+  void add_bias(Buf y, WeightId bias, int64_t n_tok, int64_t width) override {
+    const float* b = vec_of(bias, width);
+    need(y, n_tok * width, "add_bias");
+    record({6, n_tok, width, bias.id}, {y.p}, [=, st = stream_] { cuda::add_bias_cuda(y.p, b, n_tok, width, st); });
+  }
+
+  void rope(Buf x, int64_t n_tok, int64_t n_heads, int64_t pos0) override {
+    need(x, n_tok * n_heads * rope_hd_, "rope");
+    const int32_t p = int32_t(pos0);
+    const int32_t* pos = params(&p, 1);
+    const int64_t hd = rope_hd_;
+    const float* inv = inv_freq_;
+    record({7, n_tok, n_heads}, {x.p}, [=, st = stream_] { cuda::rope_cuda(x.p, n_tok, n_heads, hd, inv, pos, st); });
+  }
+
+  void attention(Buf out, Buf q, Buf k, Buf v, Buf k_cache, Buf v_cache, int64_t n_tok, int64_t pos0,
+                 int64_t n_heads, int64_t n_kv, int64_t hd, int64_t window) override {
+    const int64_t kv_dim = n_kv * hd, cap = k_cache.n / kv_dim;
+    if (hd > 256 || n_kv <= 0 || n_heads % n_kv != 0)
+      throw Error(fmt::format("cuda attention: head_dim {} (at most 256) with {} heads over {} kv heads is not supported",
+                              hd, n_heads, n_kv));
+    if (pos0 < 0 || pos0 + n_tok > cap || v_cache.n < cap * kv_dim)
+      throw Error(fmt::format("cuda attention: positions [{}, {}) outside a cache of {}", pos0, pos0 + n_tok, cap));
+    need(q, n_tok * n_heads * hd, "attention q");
+    need(out, n_tok * n_heads * hd, "attention out");
+    need(k, n_tok * kv_dim, "attention k");
+    need(v, n_tok * kv_dim, "attention v");
+    int n_splits = 1;
+    int64_t chunk = cap;
+    if (n_tok <= 4) {  // decode: split the sequence so that enough blocks run
+      const int64_t want = (2 * int64_t(prop_.multiProcessorCount) + n_heads * n_tok - 1) / (n_heads * n_tok);
+      n_splits = int(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, cap / 64)));
+      chunk = (cap + n_splits - 1) / n_splits;
+    }
+    float* partial = nullptr;
+    if (n_splits > 1) partial = scratch_partial(n_tok * n_heads * n_splits * (hd + 2));
+    const int32_t p = int32_t(pos0);
+    const int32_t* pos = params(&p, 1);
+    record({8, n_tok, n_heads, n_kv, hd, window, n_splits}, {out.p, q.p, k.p, v.p, k_cache.p, v_cache.p},
+           [=, st = stream_] {
+             cuda::store_kv_cuda(k_cache.p, v_cache.p, k.p, v.p, n_tok, kv_dim, pos, st);
+             cuda::attention_cuda(out.p, q.p, k_cache.p, v_cache.p, n_tok, n_heads, n_kv, hd, window, pos, chunk,
+                                  n_splits, partial, st);
+           });
+  }
+
+  void swiglu(Buf out, Buf gate, Buf up, int64_t n) override {
+    need(out, n, "swiglu");
+    record({9, n}, {out.p, gate.p, up.p}, [=, st = stream_] { cuda::swiglu_cuda(out.p, gate.p, up.p, n, st); });
+  }
+
+  void add(Buf y, Buf x, int64_t n) override {
+    need(y, n, "add");
+    record({10, n}, {y.p, x.p}, [=, st = stream_] { cuda::add_cuda(y.p, x.p, n, st); });
+  }
+
+  void copy_rows(Buf dst, Buf src, int64_t n) override {
+    need(dst, n, "copy_rows");
+    record({11, n}, {dst.p, src.p}, [=, st = stream_] {
+      KMQ_CUDA_CHECK(cudaMemcpyAsync(dst.p, src.p, size_t(n) * 4, cudaMemcpyDeviceToDevice, st));
+    });
+  }
+
+  void to_host(float* dst, Buf src, int64_t n) override {
+    flush();
+    KMQ_CUDA_CHECK(cudaMemcpy(dst, src.p, size_t(n) * 4, cudaMemcpyDeviceToHost));
+  }
+
+ private:
+  struct Weight {
+    std::string name;
+    CudaWeight w;
+    const float* vec = nullptr;  // f32 copy of a vector (norm gain, bias)
+  };
+
+  static cpu::WeightView view_of(const TensorRef& t) {
+    cpu::WeightView w;
+    w.dtype = t.dtype;
+    w.rows = t.rows;
+    w.cols = t.cols;
+    w.data = t.data;
+    w.bits = t.bits;
+    w.scope = t.scope;
+    w.group_size = t.group_size;
+    w.scale_block = t.scale_block;
+    w.codebook_dtype = t.codebook_dtype;
+    w.scale_dtype = t.scale_dtype;
+    w.codebooks = t.codebooks;
+    w.scales = t.scales;
+    return w;
+  }
+
+  void upload_kmq(const TensorRef& t, CudaWeight& w) {
+    const std::string what = "tensor '" + t.name + "'";
+    const int bits = t.bits, k = 1 << bits;
+    w.dtype = cuda::kDtKmq;
+    w.bits = bits;
+    w.scope = int(t.scope);
+    w.group_size = t.group_size;
+    w.scale_block = t.scale_block;
+    w.scale_bf16 = t.scale_dtype == DType::kBF16;
+    const int64_t n_cb = w.scope == cuda::kScopeTensor ? 1 : w.scope == cuda::kScopeRow ? t.rows : t.rows * w.n_groups();
+    std::vector<float> cb(size_t(n_cb * k));
+    for (size_t i = 0; i < cb.size(); ++i) {
+      if (t.codebook_dtype == DType::kF32) {
+        std::memcpy(&cb[i], static_cast<const char*>(t.codebooks) + i * 4, 4);
+      } else {
+        uint16_t h;
+        std::memcpy(&h, static_cast<const char*>(t.codebooks) + i * 2, 2);
+        cpu::WeightView v;  // f16 -> f32 through the reference (one code path for the format)
+        v.dtype = DType::kF16;
+        v.rows = 1;
+        v.cols = 1;
+        v.data = &h;
+        cpu::kernels_ref().dequant_row(v, 0, &cb[i]);
+      }
+    }
+    float* dcb = static_cast<float*>(dev_alloc(cb.size() * 4, what + " codebooks"));
+    KMQ_CUDA_CHECK(cudaMemcpy(dcb, cb.data(), cb.size() * 4, cudaMemcpyHostToDevice));
+    w.codebooks = dcb;
+    if (t.scale_block) {
+      const size_t n = size_t(t.rows * w.n_scale_blocks()) * 2;
+      void* d = dev_alloc(n, what + " scales");
+      KMQ_CUDA_CHECK(cudaMemcpy(d, t.scales, n, cudaMemcpyHostToDevice));
+      w.scales = static_cast<const uint16_t*>(d);
+    }
+    const int64_t row_bytes = (t.cols * bits + 7) / 8;
+    const uint8_t* src = static_cast<const uint8_t*>(t.data);
+    const bool fast = (t.scale_block == 0 || t.scale_block % 32 == 0) &&
+                      (w.scope != cuda::kScopeGroup || t.group_size % 32 == 0);
+    if (!fast) {
+      const size_t n = size_t(t.rows * row_bytes);
+      void* d = dev_alloc(n + 1, what + " indices");
+      KMQ_CUDA_CHECK(cudaMemcpy(d, src, n, cudaMemcpyHostToDevice));
+      KMQ_CUDA_CHECK(cudaMemset(static_cast<char*>(d) + n, 0, 1));
+      w.data = d;
+      return;
+    }
+    w.row_words = (t.cols + 127) / 128 * 4 * bits;
+    const size_t n = size_t(t.rows * w.row_words) * 4;
+    void* d = dev_alloc(n, what + " indices");
+    if (bits != 3 && t.cols % 128 == 0) {  // the file's stream is the fast layout already
+      KMQ_CUDA_CHECK(cudaMemcpy(d, src, n, cudaMemcpyHostToDevice));
+    } else {
+      std::vector<uint32_t> rp(size_t(w.row_words) * 1024);  // 1024 rows at a time
+      for (int64_t r0 = 0; r0 < t.rows; r0 += 1024) {
+        const int64_t nr = std::min<int64_t>(1024, t.rows - r0);
+        std::fill(rp.begin(), rp.end(), 0u);
+        for (int64_t r = 0; r < nr; ++r) {
+          const uint8_t* row = src + (r0 + r) * row_bytes;
+          uint32_t* out = rp.data() + r * w.row_words;
+          for (int64_t j = 0; j < t.cols; ++j) {
+            const int64_t bit = j * bits;
+            unsigned v = row[bit >> 3];
+            if ((bit & 7) + bits > 8) v |= unsigned(row[(bit >> 3) + 1]) << 8;
+            const unsigned idx = (v >> (bit & 7)) & unsigned(k - 1);
+            uint32_t* s = out + (j >> 5) * bits;
+            const unsigned jj = unsigned(j & 31);
+            if (bits == 3) {
+              s[jj >> 4] |= (idx & 3u) << (2 * (jj & 15));
+              s[2] |= (idx >> 2) << jj;
+            } else {
+              s[(jj * bits) >> 5] |= idx << ((jj * bits) & 31);
+            }
+          }
+        }
+        KMQ_CUDA_CHECK(cudaMemcpy(static_cast<uint32_t*>(d) + r0 * w.row_words, rp.data(),
+                                  size_t(nr * w.row_words) * 4, cudaMemcpyHostToDevice));
+      }
+    }
+    w.data = d;
+  }
+
+  void* dev_alloc(size_t bytes, const std::string& what) {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      constexpr double kMiB = 1024.0 * 1024.0;
+      throw Error(fmt::format("out of GPU memory: {} needs {:.1f} MiB, {} has {:.1f} MiB free of {:.1f} MiB "
+                              "(kmq holds {:.1f} MiB); use a smaller model or context, or --device cpu",
+                              what, double(bytes) / kMiB, prop_.name, double(free_b) / kMiB, double(total_b) / kMiB,
+                              double(held_) / kMiB));
+    }
+    KMQ_CUDA_CHECK(e);
+    allocations_.push_back(p);
+    held_ += bytes;
+    return p;
+  }
+
+  const float* vec_of(WeightId id, int64_t n) const {
+    const Weight& w = weights_.at(id.id);
+    if (!w.vec || w.w.rows * w.w.cols < n)
+      throw Error(fmt::format("cuda backend: '{}' is not a vector of {} values", w.name, n));
+    return w.vec;
+  }
+
+  static void need(const Buf& b, int64_t n, const char* what) {
+    if (b.n < n) throw Error(fmt::format("cuda backend: {} needs {} floats, the buffer holds {}", what, n, b.n));
+  }
+
+  // Copies n ints into the parameter block of the step; returns their device address.
+  const int32_t* params(const int32_t* v, int64_t n) {
+    if (n > kParamCap) throw Error("cuda backend: too many parameters in one step");
+    if (n_params_ + n > kParamCap) flush();
+    std::memcpy(params_host_ + n_params_, v, size_t(n) * 4);
+    const int32_t* d = params_dev_ + n_params_;
+    n_params_ += n;
+    return d;
+  }
+
+  float* scratch_partial(int64_t n) {
+    if (partial_n_ < n) {
+      flush();  // recorded work may use the old buffer
+      partial_ = static_cast<float*>(dev_alloc(size_t(n) * 4, "attention scratch"));
+      partial_n_ = n;
+    }
+    return partial_;
+  }
+
+  void gemm(Buf y, const CudaWeight& w, int32_t wid, Buf x, int64_t n_tok) {
+    const int64_t rows = w.rows, cols = w.cols;
+    if (x16_n_ < n_tok * cols) {
+      flush();
+      x16_ = static_cast<uint16_t*>(dev_alloc(size_t(n_tok * cols) * 2, "f16 activations"));
+      x16_n_ = n_tok * cols;
+    }
+    const bool slab = w.dtype == cuda::kDtKmq || w.dtype == cuda::kDtBF16;
+    const int64_t slab_rows = std::min(rows, std::max<int64_t>(64, kSlabElems / cols / 64 * 64));
+    if (slab && w16_n_ < slab_rows * cols) {
+      flush();
+      w16_ = static_cast<uint16_t*>(dev_alloc(size_t(slab_rows * cols) * 2, "f16 weight slab"));
+      w16_n_ = slab_rows * cols;
+    }
+    uint16_t* x16 = x16_;
+    uint16_t* w16 = w16_;
+    cublasHandle_t h = blas_;
+    cudaStream_t st = stream_;
+    record({12, n_tok, wid}, {y.p, x.p}, [=] {
+      const float one = 1.0f, zero = 0.0f;
+      const int m_tok = int(n_tok), k = int(cols);
+      if (w.dtype == cuda::kDtF32) {
+        blas_check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), m_tok, k, &one, w.data, CUDA_R_32F, k, x.p,
+                                CUDA_R_32F, k, &zero, y.p, CUDA_R_32F, int(rows), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT),
+                   "cublasGemmEx f32");
+        return;
+      }
+      cuda::f32_to_f16_cuda(x16, x.p, n_tok, cols, cols, st);
+      if (!slab) {
+        blas_check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), m_tok, k, &one, w.data, CUDA_R_16F, k, x16,
+                                CUDA_R_16F, k, &zero, y.p, CUDA_R_32F, int(rows), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT),
+                   "cublasGemmEx f16");
+        return;
+      }
+      for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
+        const int64_t nr = std::min(slab_rows, rows - r0);
+        cuda::dequant_f16_cuda(w, r0, nr, w16, st);
+        blas_check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(nr), m_tok, k, &one, w16, CUDA_R_16F, k, x16,
+                                CUDA_R_16F, k, &zero, y.p + r0, CUDA_R_32F, int(rows), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT),
+                   "cublasGemmEx slab");
+      }
+    });
+  }
+
+  // Records one launch: its signature (op code and sizes, then buffer addresses) and body.
+  void record(std::initializer_list<int64_t> key, std::initializer_list<const void*> ptrs, std::function<void()> fn) {
+    for (int64_t v : key) sig_.append(reinterpret_cast<const char*>(&v), sizeof v);
+    for (const void* p : ptrs) sig_.append(reinterpret_cast<const char*>(&p), sizeof p);
+    queue_.push_back(std::move(fn));
+  }
+
+  // Launches the recorded step (as a graph when it repeats) and waits for it.
+  void flush() {
+    if (queue_.empty()) return;
+    if (n_params_)
+      KMQ_CUDA_CHECK(cudaMemcpyAsync(params_dev_, params_host_, size_t(n_params_) * 4, cudaMemcpyHostToDevice, stream_));
+    bool done = false;
+    if (use_graphs_ && queue_.size() >= 8) {
+      auto it = graphs_.find(sig_);
+      if (it == graphs_.end() && sig_ == last_sig_) it = capture();
+      if (it != graphs_.end()) {
+        KMQ_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+        done = true;
+      }
+    }
+    if (!done)
+      for (auto& f : queue_) f();
+    last_sig_ = std::move(sig_);
+    sig_.clear();
+    queue_.clear();
+    n_params_ = 0;
+    KMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  std::unordered_map<std::string, cudaGraphExec_t>::iterator capture() {
+    if (graphs_.size() >= 8) {
+      for (auto& [s, e] : graphs_) cudaGraphExecDestroy(e);
+      graphs_.clear();
+    }
+    cudaGraph_t graph = nullptr;
+    KMQ_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      for (auto& f : queue_) f();
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    KMQ_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {  // run eagerly from now on rather than fail
+      (void)cudaGetLastError();
+      use_graphs_ = false;
+      return graphs_.end();
+    }
+    return graphs_.emplace(sig_, exec).first;
+  }
+
+  int device_;
+  cudaDeviceProp prop_{};
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  void* blas_ws_ = nullptr;
+  std::vector<void*> allocations_;
+  size_t held_ = 0;
+  std::vector<Weight> weights_;
+  int64_t rope_hd_ = 0;
+  float* inv_freq_ = nullptr;
+  int32_t* params_host_ = nullptr;
+  int32_t* params_dev_ = nullptr;
+  int64_t n_params_ = 0;
+  std::vector<std::function<void()>> queue_;
+  std::string sig_, last_sig_;
+  std::unordered_map<std::string, cudaGraphExec_t> graphs_;
+  bool use_graphs_ = true;
+  float* partial_ = nullptr;
+  int64_t partial_n_ = 0;
+  uint16_t *x16_ = nullptr, *w16_ = nullptr;
+  int64_t x16_n_ = 0, w16_n_ = 0;
+};
+
+}  // namespace
+
+int cuda_device_count(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (why) *why = fmt::format("{} ({})", cudaGetErrorName(e), cudaGetErrorString(e));
+    return 0;
+  }
+  if (n == 0 && why) *why = "no CUDA device present";
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options) {
+  std::string why;
+  const int n = cuda_device_count(&why);
+  if (n == 0) throw Error("--device cuda: no usable CUDA GPU: " + why + " (use --device cpu)");
+  int dev = 0;
+  if (const char* e = std::getenv("KMQ_CUDA_DEVICE"); e && *e) dev = std::atoi(e);
+  if (dev < 0 || dev >= n) throw Error(fmt::format("KMQ_CUDA_DEVICE={} but there are {} CUDA devices", dev, n));
+  return std::make_unique<CudaBackend>(dev);
+}
+
+}  // namespace kmq

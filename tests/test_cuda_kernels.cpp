@@ -1,0 +1,196 @@
+// CUDA backend against the CPU reference (KMQ_ISA=scalar: kernels_ref), op by op through
+// the Backend interface, on random data: every weight dtype, bits 1-4 x codebook scope x
+// scale blocks (fast and plain index layouts), odd shapes, GEMV (<= 8 tokens) and the
+// tensor-core path (more tokens); RMSNorm, RoPE, attention (GQA, windows, split
+// sequences), SwiGLU, add, biases, quantized embeddings. Skips without a GPU.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdlib>
+
+#include "cuda_test_util.h"
+#include "kmq/error.h"
+#include "test_util.h"
+
+using namespace kmq;
+using namespace kmq::test;
+
+namespace {
+
+struct Pair {
+  std::unique_ptr<Backend> cpu, gpu;
+  std::vector<std::unique_ptr<OwnedTensor>> keep;
+};
+
+Pair backends() {
+  ::setenv("KMQ_ISA", "scalar", 1);  // the CPU side is the reference kernels
+  Pair p;
+  p.cpu = make_backend(BackendOptions{"cpu", 2});
+  p.gpu = make_backend(BackendOptions{"cuda", 0});
+  return p;
+}
+
+// y = W x on both backends for several token counts; returns nothing, checks NMSE.
+void check_matmul(Pair& p, const OwnedTensor& w, std::initializer_list<int64_t> toks) {
+  const WeightId wc = p.cpu->upload(w.ref), wg = p.gpu->upload(w.ref);
+  for (int64_t n_tok : toks) {
+    CAPTURE(n_tok);
+    const auto x = random_floats(size_t(n_tok * w.ref.cols), 7 + uint64_t(n_tok));
+    Buf xc = put_rows(*p.cpu, x, n_tok, w.ref.cols, p.keep), xg = put_rows(*p.gpu, x, n_tok, w.ref.cols, p.keep);
+    Buf yc = p.cpu->alloc(n_tok * w.ref.rows), yg = p.gpu->alloc(n_tok * w.ref.rows);
+    p.gpu->embed(yg, p.gpu->upload(random_tensor("poison", DType::kF32, 1, n_tok * w.ref.rows, 3).ref), std::vector<int32_t>{0}.data(), 1);
+    p.cpu->matmul(yc, wc, xc, n_tok);
+    p.gpu->matmul(yg, wg, xg, n_tok);
+    const auto want = get(*p.cpu, yc, n_tok * w.ref.rows), got = get(*p.gpu, yg, n_tok * w.ref.rows);
+    const double e = nmse(got, want);
+    // f32 arithmetic (GEMV) differs from the reference only by summation order; the
+    // tensor-core path rounds activations and weights to f16 (2^-11 relative).
+    const double tol = n_tok <= 8 ? 1e-10 : 2e-6;
+    CHECK_MESSAGE(e < tol, "nmse ", e);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda: no device or no CUDA build gives a clear error") {
+  std::string msg;
+  try {
+    make_backend(BackendOptions{"cuda", 0});
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  if (have_gpu()) {
+    CHECK(msg.empty());
+  } else {
+    CAPTURE(msg);
+    CHECK(msg.find("--device cuda") != std::string::npos);
+    CHECK(msg.find("--device cpu") != std::string::npos);
+  }
+}
+
+TEST_CASE("cuda: matmul of float weights, every dtype, odd shapes, GEMV and tensor-core paths") {
+  if (!have_gpu()) return;
+  Pair p = backends();
+  uint64_t seed = 1;
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16})
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{5, 7}, {17, 100}, {64, 256}, {13, 257}, {300, 1024}}) {
+      CAPTURE(dtype_name(t));
+      CAPTURE(rows);
+      CAPTURE(cols);
+      auto w = random_tensor("w", t, rows, cols, seed++);
+      check_matmul(p, w, {1, 2, 3, 8, 17, 64});
+    }
+}
+
+TEST_CASE("cuda: matmul of quantized weights, bits 1-4 x scope x scales x odd shapes") {
+  if (!have_gpu()) return;
+  Pair p = backends();
+  uint64_t seed = 100;
+  for (int bits = 1; bits <= 4; ++bits)
+    for (CodebookScope scope : {CodebookScope::kTensor, CodebookScope::kRow, CodebookScope::kGroup})
+      for (int64_t sb : {0, 64, 32, 24})
+        for (auto [rows, cols, group] : {std::tuple<int64_t, int64_t, int64_t>{3, 64, 32}, {7, 100, 32},
+                                         {9, 129, 64}, {33, 4096 + 32, 128}, {130, 333, 40}, {64, 512, 64}}) {
+          CAPTURE(bits);
+          CAPTURE(scope_name(scope));
+          CAPTURE(sb);
+          CAPTURE(rows);
+          CAPTURE(cols);
+          CAPTURE(group);
+          const DType cb = scope == CodebookScope::kTensor ? DType::kF32 : DType::kF16;
+          const DType sc = sb == 32 ? DType::kBF16 : DType::kF16;
+          auto w = random_tensor("w", DType::kKmq, rows, cols, seed++, bits, scope, group, std::min(sb, cols), cb, sc);
+          check_matmul(p, w, {1, 2, 3, 9});
+        }
+}
+
+TEST_CASE("cuda: embedding rows of quantized and float tables") {
+  if (!have_gpu()) return;
+  Pair p = backends();
+  for (int bits : {1, 3, 4}) {
+    auto w = random_tensor("emb", DType::kKmq, 50, 96, 5 + uint64_t(bits), bits, CodebookScope::kRow, 32, 32,
+                           DType::kF16, DType::kBF16);
+    const WeightId wc = p.cpu->upload(w.ref), wg = p.gpu->upload(w.ref);
+    const std::vector<int32_t> ids = {3, 0, 49, 3, 17};
+    Buf oc = p.cpu->alloc(5 * 96), og = p.gpu->alloc(5 * 96);
+    p.cpu->embed(oc, wc, ids.data(), 5);
+    p.gpu->embed(og, wg, ids.data(), 5);
+    CHECK(get(*p.gpu, og, 5 * 96) == get(*p.cpu, oc, 5 * 96));  // exact: same products
+    const std::vector<int32_t> bad = {50};
+    check_error([&] { p.gpu->embed(og, wg, bad.data(), 1); }, {"token id 50", "vocabulary"});
+  }
+}
+
+TEST_CASE("cuda: rmsnorm, rope, swiglu, add, bias against the reference") {
+  if (!have_gpu()) return;
+  Pair p = backends();
+  const int64_t n_tok = 5, dim = 96, hd = 32, n_heads = dim / hd;
+  auto g = random_tensor("g", DType::kF32, dim, 1, 11);
+  const WeightId gc = p.cpu->upload(g.ref), gg = p.gpu->upload(g.ref);
+  const auto x = random_floats(size_t(n_tok * dim), 12), y = random_floats(size_t(n_tok * dim), 13);
+  Buf xc = put_rows(*p.cpu, x, n_tok, dim, p.keep), xg = put_rows(*p.gpu, x, n_tok, dim, p.keep);
+  Buf yc = put_rows(*p.cpu, y, n_tok, dim, p.keep), yg = put_rows(*p.gpu, y, n_tok, dim, p.keep);
+  Buf oc = p.cpu->alloc(n_tok * dim), og = p.gpu->alloc(n_tok * dim);
+  p.cpu->rmsnorm(oc, xc, gc, n_tok, dim, 1e-5f);
+  p.gpu->rmsnorm(og, xg, gg, n_tok, dim, 1e-5f);
+  CHECK(nmse(get(*p.gpu, og, n_tok * dim), get(*p.cpu, oc, n_tok * dim)) < 1e-12);
+  RopeParams rp;
+  rp.head_dim = hd;
+  for (int64_t i = 0; i < hd / 2; ++i) rp.inv_freq.push_back(1.0f / std::pow(10000.0f, float(2 * i) / float(hd)));
+  p.cpu->set_rope(rp);
+  p.gpu->set_rope(rp);
+  p.cpu->rope(xc, n_tok, n_heads, 1000);
+  p.gpu->rope(xg, n_tok, n_heads, 1000);
+  CHECK(nmse(get(*p.gpu, xg, n_tok * dim), get(*p.cpu, xc, n_tok * dim)) < 1e-10);
+  p.cpu->swiglu(oc, xc, yc, n_tok * dim);
+  p.gpu->swiglu(og, xg, yg, n_tok * dim);
+  CHECK(nmse(get(*p.gpu, og, n_tok * dim), get(*p.cpu, oc, n_tok * dim)) < 1e-10);
+  p.cpu->add(oc, yc, n_tok * dim);
+  p.gpu->add(og, yg, n_tok * dim);
+  p.cpu->add_bias(oc, gc, n_tok, dim);
+  p.gpu->add_bias(og, gg, n_tok, dim);
+  p.cpu->copy_rows(yc, oc, dim);
+  p.gpu->copy_rows(yg, og, dim);
+  CHECK(nmse(get(*p.gpu, og, n_tok * dim), get(*p.cpu, oc, n_tok * dim)) < 1e-10);
+  CHECK(nmse(get(*p.gpu, yg, n_tok * dim), get(*p.cpu, yc, n_tok * dim)) < 1e-10);
+}
+
+TEST_CASE("cuda: attention, GQA, prompt and decode, windows, long split contexts") {
+  if (!have_gpu()) return;
+  for (auto [n_heads, n_kv, hd] : {std::tuple<int64_t, int64_t, int64_t>{4, 2, 64}, {8, 8, 8}, {6, 2, 128},
+                                   {2, 1, 256}, {4, 4, 40}})
+    for (int64_t window : {0, 5})
+      for (int64_t n_ctx : {64, 3000}) {
+        CAPTURE(n_heads);
+        CAPTURE(n_kv);
+        CAPTURE(hd);
+        CAPTURE(window);
+        CAPTURE(n_ctx);
+        Pair p = backends();
+        const int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd;
+        Buf kcc = p.cpu->alloc(n_ctx * kv_dim), vcc = p.cpu->alloc(n_ctx * kv_dim);
+        Buf kcg = p.gpu->alloc(n_ctx * kv_dim), vcg = p.gpu->alloc(n_ctx * kv_dim);
+        // a prompt of 7 (or most of the context), then single tokens
+        const int64_t prompt = n_ctx > 100 ? 1200 : 7;
+        int64_t pos = 0;
+        uint64_t seed = 1;
+        for (int64_t n_tok : {prompt, int64_t(1), int64_t(1), int64_t(3), int64_t(1)}) {
+          CAPTURE(pos);
+          const auto q = random_floats(size_t(n_tok * q_dim), seed++), k = random_floats(size_t(n_tok * kv_dim), seed++),
+                     v = random_floats(size_t(n_tok * kv_dim), seed++);
+          Buf qc = put_rows(*p.cpu, q, n_tok, q_dim, p.keep), qg = put_rows(*p.gpu, q, n_tok, q_dim, p.keep);
+          Buf kc = put_rows(*p.cpu, k, n_tok, kv_dim, p.keep), kg = put_rows(*p.gpu, k, n_tok, kv_dim, p.keep);
+          Buf vc = put_rows(*p.cpu, v, n_tok, kv_dim, p.keep), vg = put_rows(*p.gpu, v, n_tok, kv_dim, p.keep);
+          Buf oc = p.cpu->alloc(n_tok * q_dim), og = p.gpu->alloc(n_tok * q_dim);
+          p.cpu->attention(oc, qc, kc, vc, kcc, vcc, n_tok, pos, n_heads, n_kv, hd, window);
+          p.gpu->attention(og, qg, kg, vg, kcg, vcg, n_tok, pos, n_heads, n_kv, hd, window);
+          const double e = nmse(get(*p.gpu, og, n_tok * q_dim), get(*p.cpu, oc, n_tok * q_dim));
+          CHECK_MESSAGE(e < 1e-10, "nmse ", e);
+          pos += n_tok;
+        }
+        check_error([&] {
+          Buf qg = p.gpu->alloc(q_dim), kg = p.gpu->alloc(kv_dim), og = p.gpu->alloc(q_dim);
+          p.gpu->attention(og, qg, kg, kg, kcg, vcg, 1, n_ctx, n_heads, n_kv, hd, 0);
+        }, {"outside a cache"});
+      }
+}
