@@ -4,6 +4,7 @@
 // tests/fuzz/corpus/<target>/ (seeds). A crash fails the whole test binary, a failed
 // property check fails the case naming the file. See docs/RELIABILITY.md.
 #define KMQ_FUZZ_REPLAY 1
+#include "fuzz/fuzz_batch_file.cpp"
 #include "fuzz/fuzz_encode_gpt2.cpp"
 #include "fuzz/fuzz_encode_llama2.cpp"
 #include "fuzz/fuzz_hf_config.cpp"
@@ -42,6 +43,7 @@ const Entry kTargets[] = {
     {"tokenizer_json", kmq_fuzz_tokenizer_json, nullptr},
     {"encode_gpt2", kmq_fuzz_encode_gpt2, "models/kmq-novels-51m/tokenizer.json"},
     {"encode_llama2", kmq_fuzz_encode_llama2, "tokenizers/llama2-spm/tokenizer.model"},
+    {"batch_file", kmq_fuzz_batch_file, nullptr},
 };
 
 std::string read_all(const fs::path& p) {

@@ -71,7 +71,7 @@ Runner add_bench(CLI::App& app) {
   struct Opts {
     std::vector<std::string> models;
     std::vector<int64_t> n_prompt{512}, n_gen{128};
-    std::vector<int> threads;
+    std::vector<int> threads, batch;
     int reps = 5, bw_passes = 5;
     int64_t bw_mib = 1024;
     std::string device = "cpu", json_out;
@@ -84,6 +84,9 @@ Runner add_bench(CLI::App& app) {
   app.add_option("-n,--n-gen", o->n_gen, "Tokens per tg test (comma list; 0: no tg test)")
       ->delimiter(',')->capture_default_str();
   app.add_option("-t,--threads", o->threads, "Thread counts (comma list; default: all cores)")->delimiter(',');
+  app.add_option("-b,--batch", o->batch,
+                 "Sequences decoded together in tg tests (comma list; 1: one sequence, as llama-bench)")
+      ->delimiter(',');
   app.add_option("-r,--repetitions", o->reps, "Timed repetitions per test (after one warm-up)")
       ->capture_default_str()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--device", o->device, "cpu | cuda")->capture_default_str();
@@ -109,6 +112,9 @@ Runner add_bench(CLI::App& app) {
     if (o->threads.empty()) o->threads.push_back(int(std::max(1u, std::thread::hardware_concurrency())));
     for (int t : o->threads)
       if (t < 1) throw Error(fmt::format("-t/--threads {} must be at least 1", t));
+    if (o->batch.empty()) o->batch.push_back(1);
+    for (int b : o->batch)
+      if (b < 1 || b > 4096) throw Error(fmt::format("-b/--batch {} must be in [1, 4096]", b));
     for (const auto& m : o->models)
       if (!std::filesystem::exists(m)) throw Error(m + ": no such file");
     if (!o->json_out.empty() && !std::ofstream(o->json_out, std::ios::app))
@@ -146,22 +152,34 @@ Runner add_bench(CLI::App& app) {
           throw Error(fmt::format("{}: a test needs a context of {} tokens but the model holds {}", path, need, c.max_seq));
         auto session = model->new_session(need);
         const std::string backend = model->backend_name();
-        auto run = [&](const std::string& test, int64_t n_tok, bool gen) {
+        int64_t n_gen_max = 1;
+        for (int64_t n : o->n_gen) n_gen_max = std::max(n_gen_max, n);
+        auto run = [&](const std::string& test, int64_t n_tok, bool gen, int batch) {
           const auto tokens = bench_tokens(c, n_tok);
+          // Batched generation: `batch` sessions stepped together; tokens/s counts all.
+          std::vector<std::unique_ptr<Session>> owned;
+          std::vector<Session*> seqs;
+          if (gen && batch > 1)
+            for (int i = 0; i < batch; ++i) {
+              owned.push_back(model->new_session(n_gen_max));
+              seqs.push_back(owned.back().get());
+            }
+          auto once = [&](const std::vector<int32_t>& toks) {
+            if (!gen) return time_prompt(*session, toks);
+            return batch > 1 ? time_batch_generation(*model, seqs, toks) : time_generation(*session, toks);
+          };
           if (!o->no_warmup) {
             fmt::print(stderr, "kmq bench: {} t={} {} warm-up\n", f.name, t, test);
-            if (gen)
-              time_generation(*session, {tokens[0]});  // as llama-bench: one token
-            else
-              time_prompt(*session, tokens);
+            once(gen ? std::vector<int32_t>{tokens[0]} : tokens);  // tg: one token, as llama-bench
           }
           std::vector<double> secs;
+          const int64_t counted = gen ? n_tok * batch : n_tok;
           for (int r = 0; r < o->reps; ++r) {
-            secs.push_back(gen ? time_generation(*session, tokens) : time_prompt(*session, tokens));
+            secs.push_back(once(tokens));
             fmt::print(stderr, "kmq bench: {} t={} {} rep {}/{}: {:.2f} tok/s\n", f.name, t, test, r + 1, o->reps,
-                       double(n_tok) / secs.back());
+                       double(counted) / secs.back());
           }
-          Row row{f, backend, test, t, tokens_per_second(n_tok, secs)};
+          Row row{f, backend, test, t, tokens_per_second(counted, secs)};
           nlohmann::json j = {{"model", f.path},
                               {"model_name", f.name},
                               {"model_config_name", c.name},
@@ -175,6 +193,7 @@ Runner add_bench(CLI::App& app) {
                               {"test", test},
                               {"n_prompt", gen ? 0 : n_tok},
                               {"n_gen", gen ? n_tok : 0},
+                              {"batch", gen ? batch : 1},
                               {"repetitions", o->reps},
                               {"seconds", secs},
                               {"tok_s_mean", row.s.mean},
@@ -185,7 +204,8 @@ Runner add_bench(CLI::App& app) {
           j["bandwidth_gb_per_s"] = nullptr;
           j["bandwidth_pct"] = nullptr;
           if (gen) {
-            row.gbs = double(f.bytes_per_token) * row.s.mean / 1e9;
+            // a batched step reads the weights once for all its sequences
+            row.gbs = double(f.bytes_per_token) * row.s.mean / double(batch) / 1e9;
             j["gb_per_s"] = row.gbs;
             if (bw.count(t)) {
               row.pct = 100.0 * row.gbs / bw[t].gb_per_s;
@@ -196,8 +216,9 @@ Runner add_bench(CLI::App& app) {
           rows.push_back(row);
           results.push_back(j);
         };
-        for (int64_t p : o->n_prompt) run(fmt::format("pp{}", p), p, false);
-        for (int64_t n : o->n_gen) run(fmt::format("tg{}", n), n, true);
+        for (int64_t p : o->n_prompt) run(fmt::format("pp{}", p), p, false, 1);
+        for (int64_t n : o->n_gen)
+          for (int b : o->batch) run(b > 1 ? fmt::format("tg{} b{}", n, b) : fmt::format("tg{}", n), n, true, b);
       }
     }
 
@@ -231,7 +252,8 @@ Runner add_bench(CLI::App& app) {
       fmt::print("read bandwidth, {} thread(s): {:.2f} GB/s (best of {} passes over {} MiB; mean {:.2f})\n", t,
                  b.gb_per_s, b.passes, b.bytes >> 20, b.mean_gb_per_s);
     if (!cpu) fmt::print("read bandwidth: not measured for --device {} (the probe reads host memory)\n", o->device);
-    fmt::print("{}; {}; pp: one eval of p tokens, tg: n tokens one at a time, both from an empty context; "
+    fmt::print("{}; {}; pp: one eval of p tokens, tg: n tokens one at a time (tgN bB: B sequences decoded together, "
+               "t/s counts all of them, GB/s the weights read once per step), all from an empty context; "
                "mean ± stddev over {} repetition(s)\n",
                cpu_name(), utc_now(), o->reps);
     return 0;

@@ -17,6 +17,7 @@
 #include "commands.h"
 #include "kmq/error.h"
 #include "kmq/runtime.h"
+#include "runtime/batch_file.h"
 
 namespace kmq::tools {
 
@@ -24,86 +25,10 @@ namespace {
 
 using Json = nlohmann::json;
 
-struct BatchItem {
-  Json id;  // from the file, else the line number
-  std::string prompt;
-  GenerateOptions options;
-};
-
-// prompts.jsonl: one object per line, {"prompt": "...", "id": any, and optional overrides
-// "n_predict", "temperature", "top_k", "top_p", "min_p", "seed", "stop"}; blank lines
-// skipped. Anything else: one prompt per line (blank lines skipped). Errors name the line.
+// The batch file's parser is the library's (src/runtime/batch_file.h), fuzzed there.
 std::vector<BatchItem> read_batch_file(const std::string& path, const GenerateOptions& base) {
   const std::string text = read_input_text(path);
-  const std::string ext = std::filesystem::path(path).extension().string();
-  bool jsonl = ext == ".jsonl" || ext == ".json" || ext == ".ndjson";
-  if (ext != ".txt" && !jsonl) {
-    const size_t first = text.find_first_not_of(" \t\r\n");
-    jsonl = first != std::string::npos && text[first] == '{';
-  }
-  std::vector<BatchItem> items;
-  std::istringstream in(text);
-  std::string line;
-  for (int64_t ln = 1; std::getline(in, line); ++ln) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    BatchItem it;
-    it.id = ln;
-    it.options = base;
-    it.options.sampler.seed = base.sampler.seed + uint64_t(items.size());
-    if (!jsonl) {
-      it.prompt = line;
-      items.push_back(std::move(it));
-      continue;
-    }
-    auto bad = [&](const std::string& why) { return Error(fmt::format("{}:{}: {}", path, ln, why)); };
-    Json j;
-    try {
-      j = Json::parse(line);
-    } catch (const Json::parse_error& e) {
-      throw bad(fmt::format("not valid JSON ({})", e.what()));
-    }
-    if (!j.is_object()) throw bad("expected a JSON object like {\"prompt\": \"...\"}");
-    try {
-      for (auto& [key, v] : j.items()) {
-        if (key == "prompt") {
-          if (!v.is_string()) throw bad("\"prompt\" must be a string");
-          it.prompt = v.get<std::string>();
-        } else if (key == "id") {
-          it.id = v;
-        } else if (key == "n_predict" || key == "max_tokens") {
-          it.options.max_tokens = v.get<int64_t>();
-        } else if (key == "temperature") {
-          it.options.sampler.temperature = v.get<float>();
-        } else if (key == "top_k") {
-          it.options.sampler.top_k = v.get<int>();
-        } else if (key == "top_p") {
-          it.options.sampler.top_p = v.get<float>();
-        } else if (key == "min_p") {
-          it.options.sampler.min_p = v.get<float>();
-        } else if (key == "seed") {
-          it.options.sampler.seed = v.get<uint64_t>();
-        } else if (key == "stop") {
-          it.options.stop = v.is_string() ? std::vector<std::string>{v.get<std::string>()} : v.get<std::vector<std::string>>();
-        } else {
-          throw bad(fmt::format("unknown key \"{}\" (known: prompt, id, n_predict, temperature, top_k, top_p, "
-                                "min_p, seed, stop)", key));
-        }
-      }
-    } catch (const Json::exception& e) {
-      throw bad(fmt::format("a value has the wrong type ({})", e.what()));
-    }
-    if (!j.contains("prompt")) throw bad("no \"prompt\"");
-    try {
-      validate(it.options.sampler);
-    } catch (const Error& e) {
-      throw bad(e.what());
-    }
-    if (it.options.max_tokens < 0) throw bad("\"n_predict\" must be >= 0");
-    items.push_back(std::move(it));
-  }
-  if (items.empty()) throw Error(fmt::format("{}: no prompts", path));
-  return items;
+  return parse_batch_file(text, path, batch_file_is_jsonl(path, text), base);
 }
 
 void print_progress(const BatchProgress& p, bool final) {

@@ -27,6 +27,11 @@ double time_prompt(Session& session, const std::vector<int32_t>& tokens);
 // copied to the host, as generation does. Resets the session first.
 double time_generation(Session& session, const std::vector<int32_t>& tokens);
 
+// Batched generation: sessions.size() sequences decoded together (Model::decode_batch),
+// each step one token per sequence (all take tokens[i] at step i), from empty contexts.
+// Seconds for tokens.size() steps. Resets the sessions first.
+double time_batch_generation(Model& model, const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens);
+
 // Mean and sample standard deviation (0 for one value) of n_tokens / seconds[i].
 struct SpeedStats {
   double mean = 0, stddev = 0;

@@ -63,6 +63,18 @@ double time_generation(Session& session, const std::vector<int32_t>& tokens) {
   return since(t0);
 }
 
+double time_batch_generation(Model& model, const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens) {
+  for (Session* s : sessions) s->reset();
+  std::vector<float> logits;
+  std::vector<int32_t> step(sessions.size());
+  const auto t0 = Clock::now();
+  for (int32_t id : tokens) {
+    std::fill(step.begin(), step.end(), id);
+    model.decode_batch(sessions, step, &logits);
+  }
+  return since(t0);
+}
+
 SpeedStats tokens_per_second(int64_t n_tokens, const std::vector<double>& seconds) {
   SpeedStats s;
   if (seconds.empty()) return s;

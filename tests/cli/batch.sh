@@ -73,7 +73,10 @@ bad() {  # name, file content, expected message
 bad "invalid JSON names the line" '{"prompt": "a"}\n\n{"prompt": "b"\n' 'bad.jsonl:3: not valid JSON'
 bad "a missing prompt names the line" '{"prompt": "a"}\n{"id": 2}\n' 'bad.jsonl:2: no "prompt"'
 bad "an unknown key names the line" '{"prompt": "a", "temprature": 1}\n' 'bad.jsonl:1: unknown key "temprature"'
-bad "a wrong type names the line" '{"prompt": "a", "n_predict": "x"}\n' 'bad.jsonl:1: a value has the wrong type'
+bad "a wrong type names the line" '{"prompt": "a", "n_predict": "x"}\n' 'bad.jsonl:1: "n_predict" must be an integer'
+bad "a stop of the wrong type names the line" '{"prompt": "a", "stop": 3}\n' 'bad.jsonl:1: a value has the wrong type'
+bad "a huge temperature is refused, not converted" '{"prompt": "a", "temperature": 1e300}\n' 'bad.jsonl:1: "temperature" must be a finite number'
+bad "an integer out of range is refused" '{"prompt": "a", "top_k": 1099511627776}\n' 'bad.jsonl:1: "top_k" must be in'
 bad "a bad sampler value names the line" '{"prompt": "a", "top_p": 2}\n' 'bad.jsonl:1: --top-p 2'
 bad "an empty batch file" '\n\n' 'no prompts'
 "$bin/kmq" complete -m "$m" --batch-file "$tmp/p.txt" -p x >/dev/null 2>"$tmp/e1"

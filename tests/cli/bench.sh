@@ -60,6 +60,15 @@ check "bench progress goes to stderr" "grep -q 'rep 2/2' '$tmp/bench.err'"
 "$bin/kmq" bench -m "$tmp/a.kmq" -p 8 -n 4 -r 1 -t 1 --bw-mib 16 --json-out "$tmp/o.json" >"$tmp/bench.md" 2>/dev/null
 check "markdown by default, --json-out beside it" \
   "grep -q '^| model ' '$tmp/bench.md' && grep -q '| tg4 |' '$tmp/bench.md' && grep -q 'read bandwidth, 1 thread' '$tmp/bench.md' && python3 -c 'import json,sys; json.load(open(sys.argv[1]))' '$tmp/o.json'"
+"$bin/kmq" bench -m "$tmp/a.kmq" -p 0 -n 4 -b 1,3 -r 1 -t 1 --bw-mib 16 --json >"$tmp/batch.json" 2>/dev/null
+check "-b 1,3: a batched tg test counts every sequence" "python3 - '$tmp/batch.json' <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))['results']
+one = [x for x in r if x['test'] == 'tg4'][0]; three = [x for x in r if x['test'] == 'tg4 b3'][0]
+assert three['batch'] == 3 and one['batch'] == 1, r
+assert three['tok_s_mean'] > 0 and abs(three['gb_per_s'] - three['bytes_per_token'] * three['tok_s_mean'] / 3 / 1e9) < 1e-6 * three['gb_per_s'] + 1e-12
+PY"
+expect_fail "bad batch size" "-b/--batch 0 must be" "$bin/kmq" bench -m "$tmp/a.kmq" -b 0
 
 expect_fail "unknown preset" "unknown synthetic preset 'llama-9b' \(known: tiny, llama-3.2-1b" \
   "$bin/kmq-convert" --synthetic llama-9b -o "$tmp/x.kmq"
