@@ -35,7 +35,10 @@ std::vector<const Kernels*> runnable_kernels() {
 
 std::string available_isas() {
   std::string s;
-  for (const Kernels* k : runnable_kernels()) s += (s.empty() ? "" : " ") + std::string(k->isa);
+  for (const Kernels* k : runnable_kernels()) {
+    if (!s.empty()) s += ' ';
+    s += k->isa;
+  }
   return s;
 }
 

@@ -285,7 +285,7 @@ TokenizerData synthetic_tokenizer(const ModelConfig& c) {
 
 std::vector<SourceTensor> synthetic_tensors(const ModelConfig& c) {
   std::vector<SourceTensor> t;
-  auto add = [&](std::string name, std::vector<int64_t> shape) { t.push_back({std::move(name), std::move(shape), DType::kF32, {}}); };
+  auto add = [&](std::string name, std::vector<int64_t> shape) { t.push_back({std::move(name), std::move(shape), DType::kF32, {}, {}}); };
   const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
   add("token_embd", {c.n_vocab, c.dim});
   for (int64_t l = 0; l < c.n_layers; ++l) {
