@@ -1,5 +1,8 @@
 // Chooses the kernel table once: the best ISA this CPU and build support, or $KMQ_ISA.
 #include <cstdlib>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <string>
 #include <vector>
 
@@ -13,8 +16,11 @@ namespace {
 bool cpu_has_avx2() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  // __builtin_cpu_supports checks the OS's XSAVE support for the YMM state too.
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  // __builtin_cpu_supports checks the OS's XSAVE support for the YMM state too. F16C is
+  // read from CPUID leaf 1 (ECX bit 29): clang's builtin does not know "f16c".
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
   return false;
 #endif
