@@ -60,7 +60,7 @@ std::vector<BatchItem> parse_batch_file(const std::string& text, const std::stri
     Json j;
     try {
       j = Json::parse(line);
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {  // parse_error, and out_of_range for numbers like 1e3004
       throw bad(fmt::format("not valid JSON ({})", e.what()));
     }
     if (!j.is_object()) throw bad("expected a JSON object like {\"prompt\": \"...\"}");

@@ -76,6 +76,7 @@ bad "an unknown key names the line" '{"prompt": "a", "temprature": 1}\n' 'bad.js
 bad "a wrong type names the line" '{"prompt": "a", "n_predict": "x"}\n' 'bad.jsonl:1: "n_predict" must be an integer'
 bad "a stop of the wrong type names the line" '{"prompt": "a", "stop": 3}\n' 'bad.jsonl:1: a value has the wrong type'
 bad "a huge temperature is refused, not converted" '{"prompt": "a", "temperature": 1e300}\n' 'bad.jsonl:1: "temperature" must be a finite number'
+bad "a number beyond a double names the line" '{"prompt": "a", "top_p": 1e3004}\n' 'bad.jsonl:1: not valid JSON'
 bad "an integer out of range is refused" '{"prompt": "a", "top_k": 1099511627776}\n' 'bad.jsonl:1: "top_k" must be in'
 bad "a bad sampler value names the line" '{"prompt": "a", "top_p": 2}\n' 'bad.jsonl:1: --top-p 2'
 bad "an empty batch file" '\n\n' 'no prompts'
