@@ -15,6 +15,7 @@ Runner add_complete(CLI::App& app);
 Runner add_perplexity(CLI::App& app);
 Runner add_chat(CLI::App& app);
 Runner add_bench(CLI::App& app);
+Runner add_tokenize(CLI::App& app);
 
 // --temp, --top-k, --top-p, --min-p, the penalties and --seed (cmd_sampling_flags.cpp).
 void add_sampler_flags(CLI::App& app, SamplerOptions& s);

@@ -1,4 +1,5 @@
-// kmq: run k-means quantized language models. Subcommands: info, complete, perplexity.
+// kmq: run k-means quantized language models. Subcommands: info, complete, perplexity, chat,
+// bench, tokenize.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -41,7 +42,8 @@ int main(int argc, char** argv) {
                "  kmq complete -m model.kmq -p \"Once upon a time\" -n 64\n"
                "  kmq perplexity -m model.kmq -f wiki.test.raw\n"
                "  kmq info model.kmq --verify\n"
-               "  kmq bench -m model.kmq -p 512 -n 128 -t 1,2\n",
+               "  kmq bench -m model.kmq -p 512 -n 128 -t 1,2\n"
+               "  kmq tokenize -m model.kmq -p \"Hello world\"\n",
                "kmq"};
   app.set_version_flag("--version", "kmq 0.1.0 (.kmq format version 1)");
   app.require_subcommand(1);
@@ -51,11 +53,13 @@ int main(int argc, char** argv) {
   auto* ppl = app.add_subcommand("perplexity", "Perplexity of a text (llama.cpp protocol)");
   auto* chat = app.add_subcommand("chat", "Interactive chat with the model's chat template");
   auto* bench = app.add_subcommand("bench", "Prompt and generation speed, GB/s against measured bandwidth");
+  auto* tokenize = app.add_subcommand("tokenize", "Token ids of a text with the model's tokenizer");
   auto run_info = kmq::tools::add_info(*info);
   auto run_complete = kmq::tools::add_complete(*complete);
   auto run_ppl = kmq::tools::add_perplexity(*ppl);
   auto run_chat = kmq::tools::add_chat(*chat);
   auto run_bench = kmq::tools::add_bench(*bench);
+  auto run_tokenize = kmq::tools::add_tokenize(*tokenize);
   CLI11_PARSE(app, argc, argv);
   try {
     if (info->parsed()) return run_info();
@@ -63,6 +67,7 @@ int main(int argc, char** argv) {
     if (ppl->parsed()) return run_ppl();
     if (chat->parsed()) return run_chat();
     if (bench->parsed()) return run_bench();
+    if (tokenize->parsed()) return run_tokenize();
   } catch (const std::exception& e) {
     fmt::print(stderr, "kmq: error: {}\n", e.what());
     return 1;
