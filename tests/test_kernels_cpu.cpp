@@ -1,6 +1,7 @@
 // CPU kernels: the scalar reference against an independent reconstruction of the format,
 // and every ISA table this CPU can run against the reference, on random data, for every
 // dtype, bit width 1-4, codebook scope, with and without scales, odd shapes and tails.
+#include <cstdlib>
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -223,6 +224,17 @@ TEST_CASE("kernels: KMQ_ISA choices are reported") {
   MESSAGE("isa ", std::string(kernels().isa), " (available: ", available_isas(), ")");
 #if defined(__aarch64__)
   CHECK(std::string(kernels().isa) == "neon");
+#endif
+#if defined(__x86_64__)
+  // a CPU with these features must get (and so test) the AVX-512 kernels
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    CHECK(available_isas().find("avx512") != std::string::npos);
+    if (!std::getenv("KMQ_ISA")) CHECK(std::string(kernels().isa) == "avx512");
+  } else {
+    MESSAGE("this CPU has no AVX-512 (F/BW/VL/DQ): the avx512 kernels are built but not tested here");
+  }
 #endif
 }
 

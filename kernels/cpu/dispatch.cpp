@@ -26,12 +26,23 @@ bool cpu_has_avx2() {
 #endif
 }
 
+// AVX-512 F/BW/VL/DQ with the OS's ZMM state (the builtin checks XSAVE too).
+bool cpu_has_avx512() {
+#if defined(__x86_64__)
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 std::vector<const Kernels*> runnable_kernels() {
   std::vector<const Kernels*> t = {&kernels_ref()};
 #if defined(__x86_64__)
   if (cpu_has_avx2()) t.push_back(&kernels_avx2());
+  if (cpu_has_avx512()) t.push_back(&kernels_avx512());
 #endif
 #if defined(__aarch64__)
   t.push_back(&kernels_neon());  // NEON is part of the AArch64 base ISA

@@ -58,6 +58,7 @@ struct Kernels {
 
 const Kernels& kernels_ref();
 const Kernels& kernels_avx2();  // x86-64 with AVX2 + FMA + F16C (kernels_avx2.cpp; x86-64 builds only)
+const Kernels& kernels_avx512();  // x86-64 with AVX-512 F + BW + VL + DQ and AVX2 (kernels_avx512.cpp)
 const Kernels& kernels_neon();  // AArch64 NEON (kernels_neon.cpp; AArch64 builds only)
 // The table in use: chosen on first call from the CPU's features and $KMQ_ISA.
 // Throws kmq::Error if $KMQ_ISA names an ISA this CPU (or build) cannot run.

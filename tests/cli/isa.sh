@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End to end, every kernel ISA this machine runs against the scalar reference (exact f32
-# products) on the shared 51M model: the bundled 4.25-bit file and a 1-bit conversion give
+# products) on the shared 51M model: the two bundled files (4.25-bit; 1-bit QAT) and a 1-bit conversion give
 # the same greedy tokens; at 1, 2, 3 and 4 bits perplexity is within 0.1%. (Greedy text
 # is not compared at 2-3 bits: the int8 tables move logits by ~0.01, enough to flip one of
 # the near-ties of those degenerate texts; docs/PERFORMANCE.md.)
@@ -12,7 +12,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0; pass=0
 check() { if eval "$2"; then echo "ok   $1"; pass=$((pass+1)); else echo "FAIL $1"; fail=$((fail+1)); fi; }
-models=("$src/models/kmq-novels-51m-q4.kmq")
+models=("$src/models/kmq-novels-51m-q4.kmq" "$src/models/kmq-novels-51m-qat1.kmq")
 isas=""
 for isa in avx2 avx512 neon; do  # those this machine and build run (KMQ_ISA refuses the others)
   KMQ_ISA=$isa "$bin/kmq" complete -m "${models[0]}" -p "a" -n 1 >/dev/null 2>&1 && isas="$isas $isa"
