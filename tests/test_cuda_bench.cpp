@@ -1,5 +1,6 @@
 // GPU benchmarks (not a test: runs only with KMQ_CUDA_BENCH=8b, or =tiny for a quick
-// check of the harness; prints a table and, with KMQ_CUDA_BENCH_OUT=FILE, appends it there).
+// check of the harness; prints a table and, with KMQ_CUDA_BENCH_OUT=FILE, appends it there;
+// KMQ_CUDA_BENCH_PART=shapes or =model runs one half).
 //  1. device bandwidth: a read kernel and a copy kernel (16-byte loads, 2 GiB).
 //  2. per-shape matmuls through the backend on the llama-3.1-8b shapes: GEMV at 4.25,
 //     2.25, 1.25 bits per weight; the n=512 tensor-core path at 4.25 bits against raw
@@ -295,6 +296,19 @@ void bench_shapes(const ModelConfig& c, const Bandwidth& bw) {
   cublasDestroy(h);
 }
 
+// KMQ_CUDA_BENCH=profile: a few single matmuls (no graphs) of the q and output shapes at
+// every bit width, for a profiler (ncu -k regex:gemv) to look at.
+void profile_shapes(const ModelConfig& c) {
+  auto gpu = make_backend(BackendOptions{"cuda", 0});
+  for (int bits : {4, 2, 1})
+    for (int64_t rows : {c.dim, c.n_vocab}) {
+      auto t = test::random_tensor("w", DType::kKmq, rows, c.dim, 9, bits, CodebookScope::kTensor, 64, 64);
+      std::vector<WeightId> ws = {gpu->upload(t.ref)};
+      const double sec = time_matmul(*gpu, ws, rows, c.dim, 1, 1);
+      say(fmt::format("profile: {} bits [{}x{}] {:.1f} us", bits, rows, c.dim, sec * 1e6));
+    }
+}
+
 void bench_model(const ModelConfig& c, const Bandwidth& bw, int bits, bool tiny) {
   const auto path = test::temp_path(fmt::format("synthetic-q{}.kmq", bits));
   const auto t0 = Clock::now();
@@ -366,7 +380,14 @@ TEST_CASE("cuda bench (KMQ_CUDA_BENCH=8b|tiny)") {
     MESSAGE("set KMQ_CUDA_BENCH=8b (or tiny) to run the GPU benchmarks");
     return;
   }
+  if (std::string(mode) == "profile") {
+    if (test::have_gpu()) profile_shapes(config_of(false));
+    return;
+  }
   const bool tiny = std::string(mode) == "tiny";
+  // KMQ_CUDA_BENCH_PART=shapes|model: only the per-shape or only the whole-model part
+  const char* part_env = std::getenv("KMQ_CUDA_BENCH_PART");
+  const std::string part = part_env ? part_env : "all";
   const ModelConfig c = config_of(tiny);
   Bandwidth bw{1, 1};
   if (test::have_gpu()) {
@@ -375,9 +396,10 @@ TEST_CASE("cuda bench (KMQ_CUDA_BENCH=8b|tiny)") {
     say(fmt::format("device: {} ({} SMs, {:.1f} GiB, L2 {} MB)", prop.name, prop.multiProcessorCount,
                     double(prop.totalGlobalMem) / double(1 << 30), prop.l2CacheSize >> 20));
     bw = measure_bandwidth();
-    bench_shapes(c, bw);
+    if (part != "model") bench_shapes(c, bw);
   }
-  for (int bits : {4, 1, 2}) bench_model(c, bw, bits, tiny);
+  if (part != "shapes")
+    for (int bits : {4, 1, 2}) bench_model(c, bw, bits, tiny);
   if (const char* out = std::getenv("KMQ_CUDA_BENCH_OUT"); out && *out) std::ofstream(out, std::ios::app) << g_report;
 }
 #endif  // KMQ_HAVE_CUDA

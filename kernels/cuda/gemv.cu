@@ -1,5 +1,7 @@
 // Decode matrix-vector kernels and the f16 dequantizer (see gemv.cuh for the variants).
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/gemv.cuh"
 
@@ -15,12 +17,21 @@ constexpr int kMaxSmem = 200 * 1024;
 
 // SCOPE: kScopeTensor / kScopeRow / kScopeGroup. Each lane step covers W words of a row:
 // 16 bytes (SUB = 4/B sub-chunks) for bits 1, 2, 4, one 12-byte sub-chunk for bits 3.
-// The next step's words are loaded before this step is computed (register double
-// buffer). Every register array is indexed by compile-time constants only (no local
-// memory): loops over them are fully unrolled and use no `break`.
+//
+// Persistent and pipelined: the grid is sized to the GPU (a few blocks per SM), each
+// block stages x once and its warps walk row pairs p = blockIdx*8 + warp, + gridDim*8,
+// ... as one flat sequence of (row pair, step) items; the next item's words are loaded
+// before the current one is computed, also across row boundaries, so a warp always has a
+// load in flight (the first version, one short-lived block per 16 rows, staged x for
+// every 16 rows -- more L2 traffic than the weights at 1 bit -- and waited on each
+// block's first load: 8-22% of bandwidth). x is read from shared memory four columns at
+// a time inside the dot (few live registers: 4 blocks of 8 warps fit an SM), and each
+// sub-chunk's dot runs four independent accumulator chains. Every register array is
+// indexed by compile-time constants only (no local memory).
 template <int B, int NT, int SCOPE>
-__global__ void __launch_bounds__(kLutWarps * 32) gemv_kmq_kernel(CudaWeight w, const float* __restrict__ x,
-                                                                  int64_t ldx, float* __restrict__ y, int64_t ldy) {
+__global__ void __launch_bounds__(kLutWarps * 32, 4) gemv_kmq_kernel(CudaWeight w, const float* __restrict__ x,
+                                                                     int64_t ldx, float* __restrict__ y, int64_t ldy,
+                                                                     bool l2_ahead) {
   constexpr int K = 1 << B;
   constexpr int SUB = B == 3 ? 1 : 4 / B;
   constexpr int W = SUB * B;
@@ -28,8 +39,48 @@ __global__ void __launch_bounds__(kLutWarps * 32) gemv_kmq_kernel(CudaWeight w, 
   extern __shared__ float4 xsm4[];  // x staged: [NT][nsub][kXPad] floats
   float* xsm = reinterpret_cast<float*>(xsm4);
   const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
-  const int64_t r0 = (int64_t(blockIdx.x) * kLutWarps + warp) * kRows;
   const int cols = int(w.cols), nsub = (cols + 31) / 32;
+  const int64_t n_pairs = (w.rows + kRows - 1) / kRows;
+  const int nsteps = (nsub + 32 * SUB - 1) / (32 * SUB);
+  const int64_t pstride = int64_t(gridDim.x) * kLutWarps;
+  const int row_words = int(w.row_words);
+  const uint32_t* data = static_cast<const uint32_t*>(w.data);
+
+  // The scales of the item travel with its words (a scale load issued at use would stall
+  // every step on a full memory latency: the first versions did, 7-10 us per matmul).
+  const int n_sb = int(w.n_scale_blocks()), scale_block = int(w.scale_block);
+  uint32_t cur[kRows][W], nxt[kRows][W];
+  uint16_t csc[kRows][SUB], nsc[kRows][SUB];
+  auto load = [&](uint32_t (&dst)[kRows][W], uint16_t (&dsc)[kRows][SUB], int64_t pair, int step) {
+    const int64_t r0 = pair * kRows;
+    const int s0 = step * 32 * SUB + lane * SUB;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const uint32_t* p = data + (r0 + r) * row_words + s0 * B;
+#pragma unroll
+      for (int u = 0; u < SUB; ++u)
+        dsc[r][u] = w.scales && r0 + r < w.rows && s0 + u < nsub
+                        ? __ldg(w.scales + (r0 + r) * n_sb + ((s0 + u) * 32) / scale_block)
+                        : uint16_t(0);
+      if (r0 + r < w.rows && s0 < nsub) {
+        if constexpr (W == 4) {
+          const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+          dst[r][0] = v.x, dst[r][1] = v.y, dst[r][2] = v.z, dst[r][3] = v.w;
+        } else {
+#pragma unroll
+          for (int i = 0; i < W; ++i) dst[r][i] = __ldg(p + i);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < W; ++i) dst[r][i] = 0u;
+      }
+    }
+  };
+  // The first item's load goes out before x is staged (it does not depend on x).
+  int64_t p = int64_t(blockIdx.x) * kLutWarps + warp;
+  int k = 0;
+  if (p < n_pairs) load(cur, csc, p, 0);
+
   // Stage x once per block, padded so that lane l's float4 reads of its own sub-chunk
   // (address l*36 + 4q) fall in distinct banks within each quarter-warp.
   for (int i = int(threadIdx.x); i < NT * nsub * 8; i += int(blockDim.x)) {
@@ -49,119 +100,391 @@ __global__ void __launch_bounds__(kLutWarps * 32) gemv_kmq_kernel(CudaWeight w, 
   }
   if constexpr (SCOPE == kScopeTensor) {
     if (threadIdx.x < K) tab[0][0][threadIdx.x] = w.codebooks[threadIdx.x];
-  } else if constexpr (SCOPE == kScopeRow) {
-    for (int i = lane; i < kRows * K; i += 32) {
-      const int64_t r = r0 + i / K;
-      tab[warp][i / K][i % K] = r < w.rows ? w.codebooks[r * K + i % K] : 0.0f;
-    }
   }
   __syncthreads();
-  if (r0 >= w.rows) return;
-  const int nrows = int(w.rows - r0 < kRows ? w.rows - r0 : kRows);
-  const int n_groups = int(w.n_groups()), n_sb = int(w.n_scale_blocks());
-  const int group_size = int(w.group_size), scale_block = int(w.scale_block);
-  const int row_words = int(w.row_words);
-  const uint32_t* base = static_cast<const uint32_t*>(w.data) + r0 * w.row_words;
-  const uint16_t* scales = w.scales ? w.scales + r0 * n_sb : nullptr;
+  if (p >= n_pairs) return;  // no block-wide barrier below this point
+  const int n_groups = int(w.n_groups()), group_size = int(w.group_size);
+  auto load_row_tables = [&](int64_t pair) {  // row scope: this warp's two rows' codebooks
+    __syncwarp();
+    for (int i = lane; i < kRows * K; i += 32) {
+      const int64_t r = pair * kRows + i / K;
+      tab[warp][i / K][i % K] = r < w.rows ? w.codebooks[r * K + i % K] : 0.0f;
+    }
+    __syncwarp();
+  };
+  if constexpr (SCOPE == kScopeRow) load_row_tables(p);
+
   float acc[kRows][NT];
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
 
-  uint32_t cur[kRows][W], nxt[kRows][W];
-  auto load = [&](uint32_t (&dst)[kRows][W], int s0) {
+  for (;;) {
+    int64_t pn = p;
+    int kn = k + 1;
+    if (kn == nsteps) kn = 0, pn = p + pstride;
+    const bool more = pn < n_pairs;
+    if (more) load(nxt, nsc, pn, kn);
+    if (l2_ahead) {  // the item after next, into L2 only (no registers held)
+      int64_t p2 = pn;
+      int k2 = kn + 1;
+      if (k2 == nsteps) k2 = 0, p2 = pn + pstride;
+      const int s2 = k2 * 32 * SUB + lane * SUB;
+      if (p2 < n_pairs && s2 < nsub) {
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+          if (p2 * kRows + r < w.rows)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(data + (p2 * kRows + r) * row_words + s2 * B));
+      }
+    }
+    const int64_t r0 = p * kRows;
+    const int s0 = k * 32 * SUB + lane * SUB;
+#pragma unroll
+    for (int u = 0; u < SUB; ++u) {
+      const int s = s0 + u;
+      if (s < nsub) {
+        const int j0 = s * 32;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          if (r0 + r < w.rows) {
+            const float* cb;
+            if constexpr (SCOPE == kScopeTensor) cb = tab[0][0];
+            else if constexpr (SCOPE == kScopeRow) cb = tab[warp][r];
+            else cb = w.codebooks + ((r0 + r) * n_groups + j0 / group_size) * K;
+            float part[NT][4];
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+              for (int c = 0; c < 4; ++c) part[t][c] = 0.0f;
+            float c0 = 0.0f, c1 = 0.0f;
+            if constexpr (B == 1) c0 = cb[0], c1 = cb[1];
+#pragma unroll
+            for (int q = 0; q < 8; ++q) {
+              float4 xv[NT];
+#pragma unroll
+              for (int t = 0; t < NT; ++t) xv[t] = *reinterpret_cast<const float4*>(xsm + (t * nsub + s) * kXPad + 4 * q);
+#pragma unroll
+              for (int c = 0; c < 4; ++c) {
+                const int jj = 4 * q + c;
+                float v;
+                if constexpr (B == 1) {
+                  v = (cur[r][u] >> jj) & 1u ? c1 : c0;
+                } else {
+                  unsigned idx;
+                  if constexpr (B == 3)
+                    idx = ((cur[r][jj >> 4] >> (2 * (jj & 15))) & 3u) | (((cur[r][2] >> jj) & 1u) << 2);
+                  else
+                    idx = (cur[r][u * B + ((jj * B) >> 5)] >> ((jj * B) & 31)) & unsigned(K - 1);
+                  v = cb[idx];
+                }
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
+                  const float xj = c == 0 ? xv[t].x : c == 1 ? xv[t].y : c == 2 ? xv[t].z : xv[t].w;
+                  part[t][c] = fmaf(v, xj, part[t][c]);
+                }
+              }
+            }
+            float sc = 1.0f;
+            if (w.scales) sc = w.scale_bf16 ? bf16_bits_to_f32(csc[r][u]) : f16_bits_to_f32(csc[r][u]);
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+              acc[r][t] = fmaf(sc, (part[t][0] + part[t][1]) + (part[t][2] + part[t][3]), acc[r][t]);
+          }
+        }
+      }
+    }
+    if (k == nsteps - 1) {  // the pair's last step: reduce across the warp and store
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          const float v = warp_sum(acc[r][t]);
+          if (lane == 0 && r0 + r < w.rows) y[t * ldy + r0 + r] = v;
+          acc[r][t] = 0.0f;
+        }
+    }
+    if (!more) break;
+    if constexpr (SCOPE == kScopeRow) {
+      if (kn == 0) load_row_tables(pn);
+    }
+    p = pn, k = kn;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      const uint32_t* p = base + r * row_words + s0 * B;
-      if (r < nrows) {
-        if constexpr (W == 4) {
-          const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-          dst[r][0] = v.x, dst[r][1] = v.y, dst[r][2] = v.z, dst[r][3] = v.w;
-        } else {
 #pragma unroll
-          for (int i = 0; i < W; ++i) dst[r][i] = __ldg(p + i);
-        }
+      for (int i = 0; i < W; ++i) cur[r][i] = nxt[r][i];
+#pragma unroll
+      for (int u = 0; u < SUB; ++u) csc[r][u] = nsc[r][u];
+    }
+  }
+}
+
+// The int8 decode kernel: tensor-scope codebooks at 1, 2 and 4 bits (the formats the
+// converter writes by default). The f32 kernel above spends about 9 instructions per
+// weight (measured with Nsight Compute on an H100: 4096x4096 at 4 bits, 36K warp
+// instructions per SM, 15 us), so it is bound by instruction issue, not by memory. Here
+// each block quantizes its staged x to two int8 planes, x ~= d * (qh + ql / 254) with one
+// f32 scale d per 32 columns (a first version with one plane, like llama.cpp's q8_1,
+// changed greedy tokens of the bundled 1-bit model on the GPU: 2 of 64 on one prompt), the
+// codebook is quantized to int8 (one scale per tensor; not at 1 bit), and weights are
+// decoded four at a time into int8 lanes for dp4a:
+//   4 bits: two byte_perm lookups in the 16-byte table and one merge per 4 indices
+//           (bit 3 of each index picks the half; __byte_perm ignores it);
+//   2 bits: one byte_perm in the 4-byte table per 4 indices spread to nibbles;
+//   1 bit:  (word >> k) & 0x01010101 gives 4 bits as bytes, dp4a with x; the dot is
+//           c0 * sum(x) + (c1 - c0) * sum over set bits, all in integers.
+// about 1-1.5 instructions per weight. x is stored permuted to match each decoder's byte
+// order, and XOR-swizzled in 16-byte slots so that a quarter-warp's LDS.128 reads hit
+// distinct banks. Error: x to about 16 bits, the codebook to int8 (NMSE about 1e-5 against
+// exact arithmetic; at 1 bit the codebook stays exact). Used at 1 and 2 bits by default
+// (q8_for_bits below).
+__device__ __forceinline__ int xslot(int s, int h) {  // 16-byte slot of half h of sub-chunk s
+  const int slot = 2 * s + h;
+  return (slot & ~7) | ((slot ^ (s >> 2)) & 7);
+}
+
+template <int B, int NT>
+__global__ void __launch_bounds__(kLutWarps * 32, NT == 1 ? 4 : 3) gemv_q8_kernel(CudaWeight w, const float* __restrict__ x,
+                                                                    int64_t ldx, float* __restrict__ y, int64_t ldy,
+                                                                    bool l2_ahead) {
+  constexpr int K = 1 << B;
+  constexpr int SUB = 4 / B;
+  constexpr int W = 4;
+  // [NT][2][xst] swizzled 16-byte slots of the two int8 planes of x (xst = 2*nsub rounded
+  // up to 8: the swizzle permutes within aligned groups of 8 slots), then dx [NT][nsub],
+  // sq [NT][2][nsub] (sums of each plane, for 1 bit)
+  extern __shared__ uint4 xq4[];
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
+  const int cols = int(w.cols), nsub = (cols + 31) / 32, xst = (2 * nsub + 7) & ~7;
+  float* dxs = reinterpret_cast<float*>(xq4 + NT * 2 * xst);
+  int* sqs = reinterpret_cast<int*>(dxs + NT * nsub);
+  const int64_t n_pairs = (w.rows + kRows - 1) / kRows;
+  const int nsteps = (nsub + 32 * SUB - 1) / (32 * SUB);
+  const int64_t pstride = int64_t(gridDim.x) * kLutWarps;
+  const int row_words = int(w.row_words);
+  const uint32_t* data = static_cast<const uint32_t*>(w.data);
+
+  const int n_sb = int(w.n_scale_blocks()), scale_block = int(w.scale_block);
+  uint32_t cur[kRows][W], nxt[kRows][W];
+  uint16_t csc[kRows][SUB], nsc[kRows][SUB];
+  auto load = [&](uint32_t (&dst)[kRows][W], uint16_t (&dsc)[kRows][SUB], int64_t pair, int step) {
+    const int64_t r0 = pair * kRows;
+    const int s0 = step * 32 * SUB + lane * SUB;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+      for (int u = 0; u < SUB; ++u)
+        dsc[r][u] = w.scales && r0 + r < w.rows && s0 + u < nsub
+                        ? __ldg(w.scales + (r0 + r) * n_sb + ((s0 + u) * 32) / scale_block)
+                        : uint16_t(0);
+      if (r0 + r < w.rows && s0 < nsub) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(data + (r0 + r) * row_words + s0 * B));
+        dst[r][0] = v.x, dst[r][1] = v.y, dst[r][2] = v.z, dst[r][3] = v.w;
       } else {
 #pragma unroll
         for (int i = 0; i < W; ++i) dst[r][i] = 0u;
       }
     }
   };
-  int s0 = lane * SUB;
-  if (s0 < nsub) load(cur, s0);
-  for (; s0 < nsub; s0 += 32 * SUB) {
-    if (s0 + 32 * SUB < nsub) load(nxt, s0 + 32 * SUB);
+  int64_t p = int64_t(blockIdx.x) * kLutWarps + warp;
+  int k = 0;
+  if (p < n_pairs) load(cur, csc, p, 0);
+
+  // int8 codebook (every thread, from L1): c ~= dcb * q
+  float cmax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < K; ++i) cmax = fmaxf(cmax, fabsf(__ldg(w.codebooks + i)));
+  const float dcb = B == 1 ? 1.0f : cmax / 127.0f, icb = cmax > 0.0f ? 127.0f / cmax : 0.0f;
+  const float c0 = __ldg(w.codebooks), c1 = __ldg(w.codebooks + 1);
+  uint32_t tq[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+    const int q = __float2int_rn(__ldg(w.codebooks + i) * icb);
+    tq[i >> 2] |= uint32_t(q & 0xff) << (8 * (i & 3));
+  }
+
+  // Stage x: one thread per (token, sub-chunk): absmax, int8, permuted for the decoder.
+  for (int i = int(threadIdx.x); i < NT * nsub; i += int(blockDim.x)) {
+    const int t = i / nsub, sc = i - t * nsub;
+    const float* xp = x + t * ldx + sc * 32;
+    float v[32];
+    if (sc * 32 + 32 <= cols) {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const float4 f = __ldg(reinterpret_cast<const float4*>(xp) + q);
+        v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 32; ++j) v[j] = sc * 32 + j < cols ? xp[j] : 0.0f;
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(v[j]));
+    // two int8 planes: x ~= d * (qh + ql / 254), d = amax / 127 (error <= d / 508)
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int sum_h = 0, sum_l = 0;
+    uint32_t ph[8], pl[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      uint32_t wh = 0, wl = 0;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        int j;  // the column whose value goes to byte b of int m
+        if constexpr (B == 4) j = 4 * m + b;
+        else if constexpr (B == 2) j = 16 * (m >> 2) + ((m & 1) ? 8 : 0) + ((m & 2) ? 1 : 0) + 2 * b;
+        else j = m + 8 * b;
+        const float f = v[j] * inv;
+        const int qh = __float2int_rn(f);
+        const int ql = min(127, max(-127, __float2int_rn((f - float(qh)) * 254.0f)));
+        sum_h += qh, sum_l += ql;
+        wh |= uint32_t(qh & 0xff) << (8 * b);
+        wl |= uint32_t(ql & 0xff) << (8 * b);
+      }
+      ph[m] = wh, pl[m] = wl;
+    }
+    uint4* xt = xq4 + t * 2 * xst;
+    xt[xslot(sc, 0)] = make_uint4(ph[0], ph[1], ph[2], ph[3]);
+    xt[xslot(sc, 1)] = make_uint4(ph[4], ph[5], ph[6], ph[7]);
+    xt[xst + xslot(sc, 0)] = make_uint4(pl[0], pl[1], pl[2], pl[3]);
+    xt[xst + xslot(sc, 1)] = make_uint4(pl[4], pl[5], pl[6], pl[7]);
+    dxs[t * nsub + sc] = amax / 127.0f;
+    sqs[(t * 2) * nsub + sc] = sum_h;
+    sqs[(t * 2 + 1) * nsub + sc] = sum_l;
+  }
+  __syncthreads();
+  if (p >= n_pairs) return;  // no block-wide barrier below this point
+
+  float acc[kRows][NT];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
+
+  for (;;) {
+    int64_t pn = p;
+    int kn = k + 1;
+    if (kn == nsteps) kn = 0, pn = p + pstride;
+    const bool more = pn < n_pairs;
+    if (more) load(nxt, nsc, pn, kn);
+    if (l2_ahead) {
+      int64_t p2 = pn;
+      int k2 = kn + 1;
+      if (k2 == nsteps) k2 = 0, p2 = pn + pstride;
+      const int s2 = k2 * 32 * SUB + lane * SUB;
+      if (p2 < n_pairs && s2 < nsub) {
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+          if (p2 * kRows + r < w.rows)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(data + (p2 * kRows + r) * row_words + s2 * B));
+      }
+    }
+    const int64_t r0 = p * kRows;
+    const int s0 = k * 32 * SUB + lane * SUB;
 #pragma unroll
     for (int u = 0; u < SUB; ++u) {
       const int s = s0 + u;
       if (s < nsub) {
-        const int j0 = s * 32;
-        float xs[NT][32];
+        uint32_t xv[NT][2][8];
+        float dx[NT];
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
+        for (int t = 0; t < NT; ++t) {
 #pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            const float4 v = *reinterpret_cast<const float4*>(xsm + (t * nsub + s) * kXPad + 4 * i);
-            xs[t][4 * i] = v.x, xs[t][4 * i + 1] = v.y, xs[t][4 * i + 2] = v.z, xs[t][4 * i + 3] = v.w;
+          for (int pl = 0; pl < 2; ++pl) {
+            const uint4* xt = xq4 + (t * 2 + pl) * xst;
+            const uint4 a = xt[xslot(s, 0)], b = xt[xslot(s, 1)];
+            xv[t][pl][0] = a.x, xv[t][pl][1] = a.y, xv[t][pl][2] = a.z, xv[t][pl][3] = a.w;
+            xv[t][pl][4] = b.x, xv[t][pl][5] = b.y, xv[t][pl][6] = b.z, xv[t][pl][7] = b.w;
           }
+          dx[t] = dxs[t * nsub + s];
+        }
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
-          if (r < nrows) {
-            const float* cb;
-            if constexpr (SCOPE == kScopeTensor) cb = tab[0][0];
-            else if constexpr (SCOPE == kScopeRow) cb = tab[warp][r];
-            else cb = w.codebooks + (int64_t(r0 + r) * n_groups + j0 / group_size) * K;
-            float part[NT];
+          int dot[NT][2];
 #pragma unroll
-            for (int t = 0; t < NT; ++t) part[t] = 0.0f;
-            if constexpr (B == 1) {
-              const float c0 = cb[0], c1 = cb[1];
-              const uint32_t word = cur[r][u];
+          for (int t = 0; t < NT; ++t) dot[t][0] = dot[t][1] = 0;
+          if constexpr (B == 4) {
 #pragma unroll
-              for (int jj = 0; jj < 32; ++jj) {
-                const float v = (word >> jj) & 1u ? c1 : c0;
+            for (int m = 0; m < 4; ++m) {
+              const uint32_t q = cur[r][m];
+              const uint32_t hs = 0x32103210u | ((q & 0x88888888u) >> 1);
+              const uint32_t v0 = __byte_perm(__byte_perm(tq[0], tq[1], q), __byte_perm(tq[2], tq[3], q), hs);
+              const uint32_t v1 =
+                  __byte_perm(__byte_perm(tq[0], tq[1], q >> 16), __byte_perm(tq[2], tq[3], q >> 16), hs >> 16);
 #pragma unroll
-                for (int t = 0; t < NT; ++t) part[t] = fmaf(v, xs[t][jj], part[t]);
-              }
-            } else {
+              for (int t = 0; t < NT; ++t)
 #pragma unroll
-              for (int jj = 0; jj < 32; ++jj) {
-                unsigned idx;
-                if constexpr (B == 3)
-                  idx = ((cur[r][jj >> 4] >> (2 * (jj & 15))) & 3u) | (((cur[r][2] >> jj) & 1u) << 2);
-                else
-                  idx = (cur[r][u * B + ((jj * B) >> 5)] >> ((jj * B) & 31)) & unsigned(K - 1);
-                const float v = cb[idx];
-#pragma unroll
-                for (int t = 0; t < NT; ++t) part[t] = fmaf(v, xs[t][jj], part[t]);
-              }
+                for (int pl = 0; pl < 2; ++pl) {
+                  dot[t][pl] = __dp4a(int(v0), int(xv[t][pl][2 * m]), dot[t][pl]);
+                  dot[t][pl] = __dp4a(int(v1), int(xv[t][pl][2 * m + 1]), dot[t][pl]);
+                }
             }
-            if (scales) {
-              const uint16_t h = scales[r * n_sb + j0 / scale_block];
-              const float sc = w.scale_bf16 ? bf16_bits_to_f32(h) : f16_bits_to_f32(h);
+          } else if constexpr (B == 2) {
 #pragma unroll
-              for (int t = 0; t < NT; ++t) acc[r][t] = fmaf(sc, part[t], acc[r][t]);
-            } else {
+            for (int m = 0; m < 2; ++m) {
+              const uint32_t q = cur[r][u * 2 + m];
+              const uint32_t e = q & 0x33333333u, o = (q >> 2) & 0x33333333u;
+              const uint32_t v0 = __byte_perm(tq[0], tq[0], e), v1 = __byte_perm(tq[0], tq[0], e >> 16);
+              const uint32_t v2 = __byte_perm(tq[0], tq[0], o), v3 = __byte_perm(tq[0], tq[0], o >> 16);
 #pragma unroll
-              for (int t = 0; t < NT; ++t) acc[r][t] += part[t];
+              for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int pl = 0; pl < 2; ++pl) {
+                  dot[t][pl] = __dp4a(int(v0), int(xv[t][pl][4 * m]), dot[t][pl]);
+                  dot[t][pl] = __dp4a(int(v1), int(xv[t][pl][4 * m + 1]), dot[t][pl]);
+                  dot[t][pl] = __dp4a(int(v2), int(xv[t][pl][4 * m + 2]), dot[t][pl]);
+                  dot[t][pl] = __dp4a(int(v3), int(xv[t][pl][4 * m + 3]), dot[t][pl]);
+                }
+            }
+          } else {
+            const uint32_t q = cur[r][u];
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+              const int bits8 = int((q >> m) & 0x01010101u);
+#pragma unroll
+              for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int pl = 0; pl < 2; ++pl) dot[t][pl] = __dp4a(bits8, int(xv[t][pl][m]), dot[t][pl]);
+            }
+          }
+          if (r0 + r < w.rows) {
+            float sc = 1.0f;
+            if (w.scales) sc = w.scale_bf16 ? bf16_bits_to_f32(csc[r][u]) : f16_bits_to_f32(csc[r][u]);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+              // the two planes: dot = dot_h + dot_l / 254; 1 bit: the codebook stays exact,
+              // c0 * sum(x) + (c1 - c0) * dot over the set bits (dcb = 1)
+              const float dd = fmaf(float(dot[t][1]), 1.0f / 254.0f, float(dot[t][0]));
+              const float d = B == 1 ? fmaf(c1 - c0, dd,
+                                            c0 * fmaf(float(sqs[(t * 2 + 1) * nsub + s]), 1.0f / 254.0f,
+                                                      float(sqs[t * 2 * nsub + s])))
+                                     : dd;
+              acc[r][t] = fmaf(sc * dx[t], d, acc[r][t]);
             }
           }
         }
       }
     }
+    if (k == nsteps - 1) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r)
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          const float v = warp_sum(acc[r][t]);
+          if (lane == 0 && r0 + r < w.rows) y[t * ldy + r0 + r] = v * dcb;
+          acc[r][t] = 0.0f;
+        }
+    }
+    if (!more) break;
+    p = pn, k = kn;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
 #pragma unroll
       for (int i = 0; i < W; ++i) cur[r][i] = nxt[r][i];
-  }
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float v = warp_sum(acc[r][t]);
-      if (lane == 0 && r < nrows) y[t * ldy + r0 + r] = v;
+      for (int u = 0; u < SUB; ++u) csc[r][u] = nsc[r][u];
     }
+  }
 }
 
 // Fast-layout dequantization to f16: one thread per 32-weight sub-chunk (one division
@@ -316,6 +639,26 @@ __global__ void dequant_f16_kernel(CudaWeight w, int64_t r0, int64_t n_rows, uin
   }
 }
 
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, c = 0;
+    KMQ_CUDA_CHECK(cudaGetDevice(&dev));
+    KMQ_CUDA_CHECK(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev));
+    return c;
+  }();
+  return n;
+}
+
+// KMQ_CUDA_L2_PREFETCH=1 turns on the decode kernels' L2 prefetch of the item after next.
+// Off by default: measured 0-6% slower on the llama-3.1-8b shapes (docs/PERFORMANCE.md).
+bool l2_prefetch() {
+  static const bool on = [] {
+    const char* e = std::getenv("KMQ_CUDA_L2_PREFETCH");
+    return e && e[0] == '1';
+  }();
+  return on;
+}
+
 template <int B, int NT, int SCOPE>
 void launch_kmq_scope(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st) {
   static const bool raised = [] {  // once per instantiation, before any graph capture
@@ -324,13 +667,63 @@ void launch_kmq_scope(const CudaWeight& w, const float* x, int64_t ldx, float* y
     return true;
   }();
   (void)raised;
-  const unsigned grid = unsigned((w.rows + kLutWarps * kRows - 1) / (kLutWarps * kRows));
   const size_t smem = size_t(NT) * size_t((w.cols + 31) / 32) * kXPad * 4;
-  gemv_kmq_kernel<B, NT, SCOPE><<<grid, kLutWarps * 32, smem, st>>>(w, x, ldx, y, ldy);
+  // Persistent grid: as many blocks as fit on the GPU at once (never more than there are
+  // row pairs to give them); the occupancy query is host-side and cheap, and legal while
+  // a stream is being captured.
+  const int n_sm = sm_count();
+  int per_sm = 0;
+  KMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kmq_kernel<B, NT, SCOPE>,
+                                                               kLutWarps * 32, smem));
+  const int64_t need = (w.rows + kLutWarps * kRows - 1) / (kLutWarps * kRows);
+  const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(n_sm) * std::max(per_sm, 1))));
+  gemv_kmq_kernel<B, NT, SCOPE><<<grid, kLutWarps * 32, smem, st>>>(w, x, ldx, y, ldy, l2_prefetch());
+}
+
+// Which decode kernel quantized tensor-scope weights use: KMQ_CUDA_GEMV=auto (default:
+// int8 at 1 and 2 bits, f32 at 3 and 4), q8 (int8 at 1, 2 and 4 bits) or f32 (never int8).
+// Why auto: at 4 bits the int8 kernel gains 9% on the whole 8B model but its rounding of
+// the codebook moved logits of the bundled 4-bit model by up to 0.12 and changed one
+// greedy token in 4 x 48 of the GPU-vs-CPU test; at 1 and 2 bits it gains 42-70% (at 1
+// bit the codebook stays exact). docs/PERFORMANCE.md has the measurements.
+bool q8_for_bits(int bits) {
+  static const int mode = [] {  // 0 auto, 1 q8, 2 f32
+    const char* e = std::getenv("KMQ_CUDA_GEMV");
+    const std::string v = e ? e : "";
+    return v == "q8" ? 1 : v == "f32" ? 2 : 0;
+  }();
+  return mode == 1 ? bits != 3 : mode == 0 ? bits <= 2 : false;
+}
+
+size_t q8_smem(int64_t cols, int nt) {
+  const size_t nsub = size_t((cols + 31) / 32);
+  return size_t(nt) * (2 * ((2 * nsub + 7) & ~size_t(7)) * 16 + nsub * 12);
+}
+
+template <int B, int NT>
+void launch_q8(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st) {
+  static const bool raised = [] {
+    KMQ_CUDA_CHECK(cudaFuncSetAttribute(gemv_q8_kernel<B, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    return true;
+  }();
+  (void)raised;
+  const size_t smem = q8_smem(w.cols, NT);
+  int per_sm = 0;
+  KMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_q8_kernel<B, NT>, kLutWarps * 32, smem));
+  const int64_t need = (w.rows + kLutWarps * kRows - 1) / (kLutWarps * kRows);
+  const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(sm_count()) * std::max(per_sm, 1))));
+  gemv_q8_kernel<B, NT><<<grid, kLutWarps * 32, smem, st>>>(w, x, ldx, y, ldy, l2_prefetch());
 }
 
 template <int B, int NT>
 void launch_kmq(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st) {
+  if constexpr (B != 3) {
+    if (w.scope == kScopeTensor && q8_for_bits(B) && w.scale_block % 32 == 0) {
+      launch_q8<B, NT>(w, x, ldx, y, ldy, st);
+      KMQ_CUDA_LAUNCHED();
+      return;
+    }
+  }
   switch (w.scope) {
     case kScopeTensor: launch_kmq_scope<B, NT, kScopeTensor>(w, x, ldx, y, ldy, st); break;
     case kScopeRow: launch_kmq_scope<B, NT, kScopeRow>(w, x, ldx, y, ldy, st); break;
