@@ -68,7 +68,15 @@ expect_fail "existing output" "already exists" "$bin/kmq-convert" "$shared/model
 if [ -d "$shared/models/kmq-novels-51m" ]; then
   "$bin/kmq-convert" "$shared/models/kmq-novels-51m" -o "$tmp/int.kmq" --bits 2 --codebook row -t 1 >/dev/null 2>&1 &
   pid=$!
-  sleep 3; kill -INT $pid; wait $pid; rc=$?
+  # interrupt once the converter writes its temp file (its signal handlers are installed by
+  # then; a fixed 3-second sleep raced with them under ASan, where start-up is slower, and a
+  # background job of a script starts with SIGINT ignored)
+  for _ in $(seq 1 1200); do
+    ls "$tmp"/int.kmq.tmp-* >/dev/null 2>&1 && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -INT $pid; wait $pid; rc=$?
   if [ $rc -ne 0 ] && ! ls "$tmp"/int.kmq* >/dev/null 2>&1; then
     echo "ok   interrupted conversion: exit $rc, no output"; pass=$((pass+1))
   else
