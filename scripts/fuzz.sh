@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 build=${KMQ_FUZZ_BUILD_DIR:-build-fuzz}
-all=(kmq_file safetensors hf_config tok_hf_json tok_spm_model tok_tiktoken tokenizer_json encode_gpt2 encode_llama2 batch_file)
+all=(kmq_file safetensors hf_config tok_hf_json tok_spm_model tok_tiktoken tokenizer_json encode_gpt2 encode_llama2 batch_file chat_template)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 shared=${KMQ_SHARED:-$(cd .. && pwd)/shared}

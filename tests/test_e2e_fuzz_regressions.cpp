@@ -5,6 +5,7 @@
 // property check fails the case naming the file. See docs/RELIABILITY.md.
 #define KMQ_FUZZ_REPLAY 1
 #include "fuzz/fuzz_batch_file.cpp"
+#include "fuzz/fuzz_chat_template.cpp"
 #include "fuzz/fuzz_encode_gpt2.cpp"
 #include "fuzz/fuzz_encode_llama2.cpp"
 #include "fuzz/fuzz_hf_config.cpp"
@@ -44,6 +45,7 @@ const Entry kTargets[] = {
     {"encode_gpt2", kmq_fuzz_encode_gpt2, "models/kmq-novels-51m/tokenizer.json"},
     {"encode_llama2", kmq_fuzz_encode_llama2, "tokenizers/llama2-spm/tokenizer.model"},
     {"batch_file", kmq_fuzz_batch_file, nullptr},
+    {"chat_template", kmq_fuzz_chat_template, nullptr},
 };
 
 std::string read_all(const fs::path& p) {
