@@ -219,274 +219,6 @@ __global__ void __launch_bounds__(kLutWarps * 32, 4) gemv_kmq_kernel(CudaWeight 
   }
 }
 
-// The int8 decode kernel: tensor-scope codebooks at 1, 2 and 4 bits (the formats the
-// converter writes by default). The f32 kernel above spends about 9 instructions per
-// weight (measured with Nsight Compute on an H100: 4096x4096 at 4 bits, 36K warp
-// instructions per SM, 15 us), so it is bound by instruction issue, not by memory. Here
-// each block quantizes its staged x to two int8 planes, x ~= d * (qh + ql / 254) with one
-// f32 scale d per 32 columns (a first version with one plane, like llama.cpp's q8_1,
-// changed greedy tokens of the bundled 1-bit model on the GPU: 2 of 64 on one prompt), the
-// codebook is quantized to int8 (one scale per tensor; not at 1 bit), and weights are
-// decoded four at a time into int8 lanes for dp4a:
-//   4 bits: two byte_perm lookups in the 16-byte table and one merge per 4 indices
-//           (bit 3 of each index picks the half; __byte_perm ignores it);
-//   2 bits: one byte_perm in the 4-byte table per 4 indices spread to nibbles;
-//   1 bit:  (word >> k) & 0x01010101 gives 4 bits as bytes, dp4a with x; the dot is
-//           c0 * sum(x) + (c1 - c0) * sum over set bits, all in integers.
-// about 1-1.5 instructions per weight. x is stored permuted to match each decoder's byte
-// order, and XOR-swizzled in 16-byte slots so that a quarter-warp's LDS.128 reads hit
-// distinct banks. Error: x to about 16 bits, the codebook to int8 (NMSE about 1e-5 against
-// exact arithmetic; at 1 bit the codebook stays exact). Used at 1 and 2 bits by default
-// (q8_for_bits below).
-__device__ __forceinline__ int xslot(int s, int h) {  // 16-byte slot of half h of sub-chunk s
-  const int slot = 2 * s + h;
-  return (slot & ~7) | ((slot ^ (s >> 2)) & 7);
-}
-
-template <int B, int NT>
-__global__ void __launch_bounds__(kLutWarps * 32, NT == 1 ? 4 : 3) gemv_q8_kernel(CudaWeight w, const float* __restrict__ x,
-                                                                    int64_t ldx, float* __restrict__ y, int64_t ldy,
-                                                                    bool l2_ahead) {
-  constexpr int K = 1 << B;
-  constexpr int SUB = 4 / B;
-  constexpr int W = 4;
-  // [NT][2][xst] swizzled 16-byte slots of the two int8 planes of x (xst = 2*nsub rounded
-  // up to 8: the swizzle permutes within aligned groups of 8 slots), then dx [NT][nsub],
-  // sq [NT][2][nsub] (sums of each plane, for 1 bit)
-  extern __shared__ uint4 xq4[];
-  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
-  const int cols = int(w.cols), nsub = (cols + 31) / 32, xst = (2 * nsub + 7) & ~7;
-  float* dxs = reinterpret_cast<float*>(xq4 + NT * 2 * xst);
-  int* sqs = reinterpret_cast<int*>(dxs + NT * nsub);
-  const int64_t n_pairs = (w.rows + kRows - 1) / kRows;
-  const int nsteps = (nsub + 32 * SUB - 1) / (32 * SUB);
-  const int64_t pstride = int64_t(gridDim.x) * kLutWarps;
-  const int row_words = int(w.row_words);
-  const uint32_t* data = static_cast<const uint32_t*>(w.data);
-
-  const int n_sb = int(w.n_scale_blocks()), scale_block = int(w.scale_block);
-  uint32_t cur[kRows][W], nxt[kRows][W];
-  uint16_t csc[kRows][SUB], nsc[kRows][SUB];
-  auto load = [&](uint32_t (&dst)[kRows][W], uint16_t (&dsc)[kRows][SUB], int64_t pair, int step) {
-    const int64_t r0 = pair * kRows;
-    const int s0 = step * 32 * SUB + lane * SUB;
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-      for (int u = 0; u < SUB; ++u)
-        dsc[r][u] = w.scales && r0 + r < w.rows && s0 + u < nsub
-                        ? __ldg(w.scales + (r0 + r) * n_sb + ((s0 + u) * 32) / scale_block)
-                        : uint16_t(0);
-      if (r0 + r < w.rows && s0 < nsub) {
-        const uint4 v = __ldg(reinterpret_cast<const uint4*>(data + (r0 + r) * row_words + s0 * B));
-        dst[r][0] = v.x, dst[r][1] = v.y, dst[r][2] = v.z, dst[r][3] = v.w;
-      } else {
-#pragma unroll
-        for (int i = 0; i < W; ++i) dst[r][i] = 0u;
-      }
-    }
-  };
-  int64_t p = int64_t(blockIdx.x) * kLutWarps + warp;
-  int k = 0;
-  if (p < n_pairs) load(cur, csc, p, 0);
-
-  // int8 codebook (every thread, from L1): c ~= dcb * q
-  float cmax = 0.0f;
-#pragma unroll
-  for (int i = 0; i < K; ++i) cmax = fmaxf(cmax, fabsf(__ldg(w.codebooks + i)));
-  const float dcb = B == 1 ? 1.0f : cmax / 127.0f, icb = cmax > 0.0f ? 127.0f / cmax : 0.0f;
-  const float c0 = __ldg(w.codebooks), c1 = __ldg(w.codebooks + 1);
-  uint32_t tq[4] = {0, 0, 0, 0};
-#pragma unroll
-  for (int i = 0; i < K; ++i) {
-    const int q = __float2int_rn(__ldg(w.codebooks + i) * icb);
-    tq[i >> 2] |= uint32_t(q & 0xff) << (8 * (i & 3));
-  }
-
-  // Stage x: one thread per (token, sub-chunk): absmax, int8, permuted for the decoder.
-  for (int i = int(threadIdx.x); i < NT * nsub; i += int(blockDim.x)) {
-    const int t = i / nsub, sc = i - t * nsub;
-    const float* xp = x + t * ldx + sc * 32;
-    float v[32];
-    if (sc * 32 + 32 <= cols) {
-#pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        const float4 f = __ldg(reinterpret_cast<const float4*>(xp) + q);
-        v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < 32; ++j) v[j] = sc * 32 + j < cols ? xp[j] : 0.0f;
-    }
-    float amax = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(v[j]));
-    // two int8 planes: x ~= d * (qh + ql / 254), d = amax / 127 (error <= d / 508)
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int sum_h = 0, sum_l = 0;
-    uint32_t ph[8], pl[8];
-#pragma unroll
-    for (int m = 0; m < 8; ++m) {
-      uint32_t wh = 0, wl = 0;
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        int j;  // the column whose value goes to byte b of int m
-        if constexpr (B == 4) j = 4 * m + b;
-        else if constexpr (B == 2) j = 16 * (m >> 2) + ((m & 1) ? 8 : 0) + ((m & 2) ? 1 : 0) + 2 * b;
-        else j = m + 8 * b;
-        const float f = v[j] * inv;
-        const int qh = __float2int_rn(f);
-        const int ql = min(127, max(-127, __float2int_rn((f - float(qh)) * 254.0f)));
-        sum_h += qh, sum_l += ql;
-        wh |= uint32_t(qh & 0xff) << (8 * b);
-        wl |= uint32_t(ql & 0xff) << (8 * b);
-      }
-      ph[m] = wh, pl[m] = wl;
-    }
-    uint4* xt = xq4 + t * 2 * xst;
-    xt[xslot(sc, 0)] = make_uint4(ph[0], ph[1], ph[2], ph[3]);
-    xt[xslot(sc, 1)] = make_uint4(ph[4], ph[5], ph[6], ph[7]);
-    xt[xst + xslot(sc, 0)] = make_uint4(pl[0], pl[1], pl[2], pl[3]);
-    xt[xst + xslot(sc, 1)] = make_uint4(pl[4], pl[5], pl[6], pl[7]);
-    dxs[t * nsub + sc] = amax / 127.0f;
-    sqs[(t * 2) * nsub + sc] = sum_h;
-    sqs[(t * 2 + 1) * nsub + sc] = sum_l;
-  }
-  __syncthreads();
-  if (p >= n_pairs) return;  // no block-wide barrier below this point
-
-  float acc[kRows][NT];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
-
-  for (;;) {
-    int64_t pn = p;
-    int kn = k + 1;
-    if (kn == nsteps) kn = 0, pn = p + pstride;
-    const bool more = pn < n_pairs;
-    if (more) load(nxt, nsc, pn, kn);
-    if (l2_ahead) {
-      int64_t p2 = pn;
-      int k2 = kn + 1;
-      if (k2 == nsteps) k2 = 0, p2 = pn + pstride;
-      const int s2 = k2 * 32 * SUB + lane * SUB;
-      if (p2 < n_pairs && s2 < nsub) {
-#pragma unroll
-        for (int r = 0; r < kRows; ++r)
-          if (p2 * kRows + r < w.rows)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(data + (p2 * kRows + r) * row_words + s2 * B));
-      }
-    }
-    const int64_t r0 = p * kRows;
-    const int s0 = k * 32 * SUB + lane * SUB;
-#pragma unroll
-    for (int u = 0; u < SUB; ++u) {
-      const int s = s0 + u;
-      if (s < nsub) {
-        uint32_t xv[NT][2][8];
-        float dx[NT];
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-#pragma unroll
-          for (int pl = 0; pl < 2; ++pl) {
-            const uint4* xt = xq4 + (t * 2 + pl) * xst;
-            const uint4 a = xt[xslot(s, 0)], b = xt[xslot(s, 1)];
-            xv[t][pl][0] = a.x, xv[t][pl][1] = a.y, xv[t][pl][2] = a.z, xv[t][pl][3] = a.w;
-            xv[t][pl][4] = b.x, xv[t][pl][5] = b.y, xv[t][pl][6] = b.z, xv[t][pl][7] = b.w;
-          }
-          dx[t] = dxs[t * nsub + s];
-        }
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          int dot[NT][2];
-#pragma unroll
-          for (int t = 0; t < NT; ++t) dot[t][0] = dot[t][1] = 0;
-          if constexpr (B == 4) {
-#pragma unroll
-            for (int m = 0; m < 4; ++m) {
-              const uint32_t q = cur[r][m];
-              const uint32_t hs = 0x32103210u | ((q & 0x88888888u) >> 1);
-              const uint32_t v0 = __byte_perm(__byte_perm(tq[0], tq[1], q), __byte_perm(tq[2], tq[3], q), hs);
-              const uint32_t v1 =
-                  __byte_perm(__byte_perm(tq[0], tq[1], q >> 16), __byte_perm(tq[2], tq[3], q >> 16), hs >> 16);
-#pragma unroll
-              for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int pl = 0; pl < 2; ++pl) {
-                  dot[t][pl] = __dp4a(int(v0), int(xv[t][pl][2 * m]), dot[t][pl]);
-                  dot[t][pl] = __dp4a(int(v1), int(xv[t][pl][2 * m + 1]), dot[t][pl]);
-                }
-            }
-          } else if constexpr (B == 2) {
-#pragma unroll
-            for (int m = 0; m < 2; ++m) {
-              const uint32_t q = cur[r][u * 2 + m];
-              const uint32_t e = q & 0x33333333u, o = (q >> 2) & 0x33333333u;
-              const uint32_t v0 = __byte_perm(tq[0], tq[0], e), v1 = __byte_perm(tq[0], tq[0], e >> 16);
-              const uint32_t v2 = __byte_perm(tq[0], tq[0], o), v3 = __byte_perm(tq[0], tq[0], o >> 16);
-#pragma unroll
-              for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int pl = 0; pl < 2; ++pl) {
-                  dot[t][pl] = __dp4a(int(v0), int(xv[t][pl][4 * m]), dot[t][pl]);
-                  dot[t][pl] = __dp4a(int(v1), int(xv[t][pl][4 * m + 1]), dot[t][pl]);
-                  dot[t][pl] = __dp4a(int(v2), int(xv[t][pl][4 * m + 2]), dot[t][pl]);
-                  dot[t][pl] = __dp4a(int(v3), int(xv[t][pl][4 * m + 3]), dot[t][pl]);
-                }
-            }
-          } else {
-            const uint32_t q = cur[r][u];
-#pragma unroll
-            for (int m = 0; m < 8; ++m) {
-              const int bits8 = int((q >> m) & 0x01010101u);
-#pragma unroll
-              for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int pl = 0; pl < 2; ++pl) dot[t][pl] = __dp4a(bits8, int(xv[t][pl][m]), dot[t][pl]);
-            }
-          }
-          if (r0 + r < w.rows) {
-            float sc = 1.0f;
-            if (w.scales) sc = w.scale_bf16 ? bf16_bits_to_f32(csc[r][u]) : f16_bits_to_f32(csc[r][u]);
-#pragma unroll
-            for (int t = 0; t < NT; ++t) {
-              // the two planes: dot = dot_h + dot_l / 254; 1 bit: the codebook stays exact,
-              // c0 * sum(x) + (c1 - c0) * dot over the set bits (dcb = 1)
-              const float dd = fmaf(float(dot[t][1]), 1.0f / 254.0f, float(dot[t][0]));
-              const float d = B == 1 ? fmaf(c1 - c0, dd,
-                                            c0 * fmaf(float(sqs[(t * 2 + 1) * nsub + s]), 1.0f / 254.0f,
-                                                      float(sqs[t * 2 * nsub + s])))
-                                     : dd;
-              acc[r][t] = fmaf(sc * dx[t], d, acc[r][t]);
-            }
-          }
-        }
-      }
-    }
-    if (k == nsteps - 1) {
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          const float v = warp_sum(acc[r][t]);
-          if (lane == 0 && r0 + r < w.rows) y[t * ldy + r0 + r] = v * dcb;
-          acc[r][t] = 0.0f;
-        }
-    }
-    if (!more) break;
-    p = pn, k = kn;
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-      for (int i = 0; i < W; ++i) cur[r][i] = nxt[r][i];
-#pragma unroll
-      for (int u = 0; u < SUB; ++u) csc[r][u] = nsc[r][u];
-    }
-  }
-}
-
 // Fast-layout dequantization to f16: one thread per 32-weight sub-chunk (one division
 // per 32 weights), 16-byte stores when the row allows.
 template <int B>
@@ -680,50 +412,8 @@ void launch_kmq_scope(const CudaWeight& w, const float* x, int64_t ldx, float* y
   gemv_kmq_kernel<B, NT, SCOPE><<<grid, kLutWarps * 32, smem, st>>>(w, x, ldx, y, ldy, l2_prefetch());
 }
 
-// Which decode kernel quantized tensor-scope weights use: KMQ_CUDA_GEMV=auto (default:
-// int8 at 1 and 2 bits, f32 at 3 and 4), q8 (int8 at 1, 2 and 4 bits) or f32 (never int8).
-// Why auto: at 4 bits the int8 kernel gains 9% on the whole 8B model but its rounding of
-// the codebook moved logits of the bundled 4-bit model by up to 0.12 and changed one
-// greedy token in 4 x 48 of the GPU-vs-CPU test; at 1 and 2 bits it gains 42-70% (at 1
-// bit the codebook stays exact). docs/PERFORMANCE.md has the measurements.
-bool q8_for_bits(int bits) {
-  static const int mode = [] {  // 0 auto, 1 q8, 2 f32
-    const char* e = std::getenv("KMQ_CUDA_GEMV");
-    const std::string v = e ? e : "";
-    return v == "q8" ? 1 : v == "f32" ? 2 : 0;
-  }();
-  return mode == 1 ? bits != 3 : mode == 0 ? bits <= 2 : false;
-}
-
-size_t q8_smem(int64_t cols, int nt) {
-  const size_t nsub = size_t((cols + 31) / 32);
-  return size_t(nt) * (2 * ((2 * nsub + 7) & ~size_t(7)) * 16 + nsub * 12);
-}
-
-template <int B, int NT>
-void launch_q8(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st) {
-  static const bool raised = [] {
-    KMQ_CUDA_CHECK(cudaFuncSetAttribute(gemv_q8_kernel<B, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
-    return true;
-  }();
-  (void)raised;
-  const size_t smem = q8_smem(w.cols, NT);
-  int per_sm = 0;
-  KMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_q8_kernel<B, NT>, kLutWarps * 32, smem));
-  const int64_t need = (w.rows + kLutWarps * kRows - 1) / (kLutWarps * kRows);
-  const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(sm_count()) * std::max(per_sm, 1))));
-  gemv_q8_kernel<B, NT><<<grid, kLutWarps * 32, smem, st>>>(w, x, ldx, y, ldy, l2_prefetch());
-}
-
 template <int B, int NT>
 void launch_kmq(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st) {
-  if constexpr (B != 3) {
-    if (w.scope == kScopeTensor && q8_for_bits(B) && w.scale_block % 32 == 0) {
-      launch_q8<B, NT>(w, x, ldx, y, ldy, st);
-      KMQ_CUDA_LAUNCHED();
-      return;
-    }
-  }
   switch (w.scope) {
     case kScopeTensor: launch_kmq_scope<B, NT, kScopeTensor>(w, x, ldx, y, ldy, st); break;
     case kScopeRow: launch_kmq_scope<B, NT, kScopeRow>(w, x, ldx, y, ldy, st); break;
@@ -756,8 +446,26 @@ bool gemv_half_supported(const CudaWeight& w, const float* x, int64_t ldx) {
          ldx % 4 == 0;
 }
 
+// Which decode kernel quantized weights use: KMQ_CUDA_GEMV=f32 (the default: the f32 LUT
+// kernel above), q8 (the integer kernel of gemv_q8.cu, x in two int8 planes, wherever it
+// applies) or q8fast (the same with x in one int8 plane). Why f32 is still the default:
+// the integer kernel's present version has not run on a GPU yet (docs/PERFORMANCE.md,
+// GPU: its first version was measured at 1.3-1.8x the f32 kernel on the large shapes).
+int q8_planes() {  // 0: f32 kernel only
+  static const int planes = [] {
+    const char* e = std::getenv("KMQ_CUDA_GEMV");
+    const std::string v = e ? e : "";
+    return v == "q8" ? 2 : v == "q8fast" ? 1 : 0;
+  }();
+  return planes;
+}
+
 void gemv_kmq_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
                    cudaStream_t st) {
+  if (const int planes = q8_planes(); planes > 0 && gemv_q8_supported(w, x, ldx)) {
+    gemv_q8_cuda(w, x, ldx, n_tok, y, ldy, planes, st);
+    return;
+  }
   const bool two_fit = 2 * ((w.cols + 31) / 32) * kXPad * 4 <= 100 * 1024;  // keep 2 blocks per SM
   for (int64_t t = 0; t < n_tok;) {
     if (n_tok - t >= 2 && two_fit) {

@@ -38,7 +38,8 @@ void blas_check(cublasStatus_t s, const char* what) {
 }
 
 constexpr int64_t kGemvMaxTok = 8;           // larger batches take the tensor-core path
-constexpr int64_t kSlabElems = 8 << 20;      // f16 slab: 16 MiB, stays in L2
+constexpr int64_t kSlabElems = 8 << 20;      // f16 weight slab: 16 MiB, stays in L2
+constexpr int64_t kBigSlabElems = 64 << 20;  // KMQ_CUDA_SLABS=big: at most 128 MiB (two of them)
 constexpr int64_t kParamCap = 1 << 20;       // int32 parameter slots per step
 constexpr size_t kBlasWorkspace = 32 << 20;
 
@@ -61,6 +62,8 @@ class CudaBackend final : public Backend {
     params_dev_ = static_cast<int32_t*>(dev_alloc(kParamCap * sizeof(int32_t), "the parameter block"));
     const char* g = std::getenv("KMQ_CUDA_GRAPHS");
     use_graphs_ = !(g && std::string(g) == "0");
+    const char* sl = std::getenv("KMQ_CUDA_SLABS");
+    big_slabs_ = sl && std::string(sl) == "big";
   }
 
   ~CudaBackend() override {
@@ -69,6 +72,9 @@ class CudaBackend final : public Backend {
     if (blas_) cublasDestroy(blas_);
     for (void* p : allocations_) cudaFree(p);
     if (params_host_) cudaFreeHost(params_host_);
+    for (cudaEvent_t e : {ev_fork_, ev_deq_[0], ev_deq_[1], ev_gemm_[0], ev_gemm_[1]})
+      if (e) cudaEventDestroy(e);
+    if (side_) cudaStreamDestroy(side_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -386,17 +392,42 @@ class CudaBackend final : public Backend {
       x16_ = static_cast<uint16_t*>(dev_alloc(size_t(n_tok * cols) * 2, "f16 activations"));
       x16_n_ = n_tok * cols;
     }
+    // Quantized and bf16 weights: dequantized to f16 in row slabs, each multiplied by one
+    // cuBLAS GEMM. With KMQ_CUDA_SLABS=big the slabs are large (whole matrices up to 64M
+    // weights), so that the GEMMs fill the GPU (16 MiB slabs leave most SMs idle: 576-row
+    // slabs for ffn_down), and with two or more slabs (every matrix of >= 8192 rows) slab
+    // i+1 is dequantized on a second stream while slab i is multiplied, into the other of
+    // two buffers.
+    // KMQ_CUDA_SLABS=big (opt-in: not yet run on a GPU) takes the large slabs on two
+    // streams; the default is 16 MiB slabs one after another on the main stream.
     const bool slab = w.dtype == cuda::kDtKmq || w.dtype == cuda::kDtBF16;
-    const int64_t slab_rows = std::min(rows, std::max<int64_t>(64, kSlabElems / cols / 64 * 64));
+    int64_t slab_rows = std::min(rows, std::max<int64_t>(64, kSlabElems / cols / 64 * 64));
+    if (big_slabs_) {
+      const int64_t n = std::max<int64_t>((rows * cols + kBigSlabElems - 1) / kBigSlabElems, rows >= 8192 ? 2 : 1);
+      slab_rows = std::min(rows, ((rows + n - 1) / n + 63) / 64 * 64);
+    }
+    const int64_t n_slabs = (rows + slab_rows - 1) / slab_rows;
+    const int n_buf = big_slabs_ && n_slabs > 1 ? 2 : 1;
     if (slab && w16_n_ < slab_rows * cols) {
-      flush();
+      flush();  // recorded work may use the old buffer
       w16_ = static_cast<uint16_t*>(dev_alloc(size_t(slab_rows * cols) * 2, "f16 weight slab"));
       w16_n_ = slab_rows * cols;
     }
+    if (slab && n_buf == 2 && w16b_n_ < slab_rows * cols) {
+      flush();
+      w16b_ = static_cast<uint16_t*>(dev_alloc(size_t(slab_rows * cols) * 2, "f16 weight slab"));
+      w16b_n_ = slab_rows * cols;
+    }
+    if (slab && n_buf == 2 && !side_) {
+      KMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+      for (cudaEvent_t* e : {&ev_fork_, &ev_deq_[0], &ev_deq_[1], &ev_gemm_[0], &ev_gemm_[1]})
+        KMQ_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    }
     uint16_t* x16 = x16_;
-    uint16_t* w16 = w16_;
+    uint16_t* wbuf[2] = {w16_, w16b_};
     cublasHandle_t h = blas_;
-    cudaStream_t st = stream_;
+    cudaStream_t st = stream_, side = side_;
+    cudaEvent_t ev_fork = ev_fork_, ev_deq[2] = {ev_deq_[0], ev_deq_[1]}, ev_gemm[2] = {ev_gemm_[0], ev_gemm_[1]};
     record({12, n_tok, wid}, {y.p, x.p}, [=] {
       const float one = 1.0f, zero = 0.0f;
       const int m_tok = int(n_tok), k = int(cols);
@@ -415,13 +446,26 @@ class CudaBackend final : public Backend {
                    "cublasGemmEx f16");
         return;
       }
-      for (int64_t r0 = 0; r0 < rows; r0 += slab_rows) {
-        const int64_t nr = std::min(slab_rows, rows - r0);
-        cuda::dequant_f16_cuda(w, r0, nr, w16, st);
-        blas_check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(nr), m_tok, k, &one, w16, CUDA_R_16F, k, x16,
+      if (n_buf == 2) {  // fork the side stream off the main one (also inside a graph capture)
+        KMQ_CUDA_CHECK(cudaEventRecord(ev_fork, st));
+        KMQ_CUDA_CHECK(cudaStreamWaitEvent(side, ev_fork, 0));
+      }
+      for (int64_t i = 0; i < n_slabs; ++i) {
+        const int64_t r0 = i * slab_rows, nr = std::min(slab_rows, rows - r0);
+        const int b = int(i % n_buf);
+        if (n_buf == 2) {
+          if (i >= 2) KMQ_CUDA_CHECK(cudaStreamWaitEvent(side, ev_gemm[b], 0));  // buffer b is free again
+          cuda::dequant_f16_cuda(w, r0, nr, wbuf[b], side);
+          KMQ_CUDA_CHECK(cudaEventRecord(ev_deq[b], side));
+          KMQ_CUDA_CHECK(cudaStreamWaitEvent(st, ev_deq[b], 0));  // the last wait joins the side stream
+        } else {
+          cuda::dequant_f16_cuda(w, r0, nr, wbuf[b], st);
+        }
+        blas_check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(nr), m_tok, k, &one, wbuf[b], CUDA_R_16F, k, x16,
                                 CUDA_R_16F, k, &zero, y.p + r0, CUDA_R_32F, int(rows), CUBLAS_COMPUTE_32F,
                                 CUBLAS_GEMM_DEFAULT),
                    "cublasGemmEx slab");
+        if (n_buf == 2) KMQ_CUDA_CHECK(cudaEventRecord(ev_gemm[b], st));
       }
     });
   }
@@ -501,8 +545,11 @@ class CudaBackend final : public Backend {
   bool use_graphs_ = true;
   float* partial_ = nullptr;
   int64_t partial_n_ = 0;
-  uint16_t *x16_ = nullptr, *w16_ = nullptr;
-  int64_t x16_n_ = 0, w16_n_ = 0;
+  uint16_t *x16_ = nullptr, *w16_ = nullptr, *w16b_ = nullptr;
+  bool big_slabs_ = false;       // KMQ_CUDA_SLABS=big
+  cudaStream_t side_ = nullptr;  // dequantizes the next slab while the main stream multiplies
+  cudaEvent_t ev_fork_ = nullptr, ev_deq_[2] = {}, ev_gemm_[2] = {};
+  int64_t x16_n_ = 0, w16_n_ = 0, w16b_n_ = 0;
 };
 
 }  // namespace
