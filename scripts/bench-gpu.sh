@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks in one run (docs/PERFORMANCE.md, GPU): the CUDA kernels against
-# the CPU reference under each decode-kernel choice (KMQ_CUDA_GEMV=f32|q8|q8fast), the
+# the CPU reference under each decode-kernel choice (KMQ_CUDA_GEMV=q8|q8fast|f32) and with
+# the former prompt slabs (KMQ_CUDA_SLABS=small), the
 # end-to-end GPU tests, and the llama-3.1-8b benchmark of test_cuda_bench.
 #   scripts/bench-gpu.sh [BIN_DIR] [OUT_DIR]
 # BIN_DIR: where test_cuda_* are (default build/bin); OUT_DIR: where the logs go (default
@@ -18,16 +19,16 @@ summary=()
 for step in $steps; do
   case $step in
     kernels)
-      for mode in f32 q8 q8fast; do
+      for mode in q8 q8fast f32; do
         start=$SECONDS
         KMQ_CUDA_GEMV=$mode timeout 300 "$bin/test_cuda_kernels" >"$out/kernels-$mode.log" 2>&1
         rc=$?
         summary+=("kernels KMQ_CUDA_GEMV=$mode: rc $rc, $((SECONDS - start)) s, $(grep -E '^\[doctest\] (test cases|assertions)' "$out/kernels-$mode.log" | tr -s ' ' | tr '\n' ' ')")
       done
       start=$SECONDS
-      KMQ_CUDA_GEMV=q8 KMQ_CUDA_SLABS=big timeout 300 "$bin/test_cuda_kernels" >"$out/kernels-big.log" 2>&1
+      KMQ_CUDA_SLABS=small timeout 300 "$bin/test_cuda_kernels" >"$out/kernels-small.log" 2>&1
       rc=$?
-      summary+=("kernels KMQ_CUDA_GEMV=q8 KMQ_CUDA_SLABS=big: rc $rc, $((SECONDS - start)) s, $(grep -E '^\[doctest\] (test cases|assertions)' "$out/kernels-big.log" | tr -s ' ' | tr '\n' ' ')") ;;
+      summary+=("kernels KMQ_CUDA_SLABS=small: rc $rc, $((SECONDS - start)) s, $(grep -E '^\[doctest\] (test cases|assertions)' "$out/kernels-small.log" | tr -s ' ' | tr '\n' ' ')") ;;
     e2e)
       start=$SECONDS
       timeout 400 "$bin/test_cuda_e2e" -s >"$out/e2e.log" 2>&1

@@ -52,11 +52,11 @@ void check_matmul(Pair& p, const OwnedTensor& w, std::initializer_list<int64_t> 
     // tensor-core path rounds activations and weights to f16 (2^-11 relative); the integer
     // decode kernel (gemv_q8.cu: tensor-scope codebooks at 1, 2, 4 bits, scale block 0 or
     // 64 * 2^k) rounds x per 64 columns to two int8 planes (one with KMQ_CUDA_GEMV=q8fast)
-    // and the codebook to two int8 planes; only with KMQ_CUDA_GEMV=q8 or q8fast (run this
-    // test under the default, both, and KMQ_CUDA_SLABS=big).
+    // and the codebook to two int8 planes; KMQ_CUDA_GEMV=f32 never uses it (run this test
+    // under the default, q8fast, f32 and KMQ_CUDA_SLABS=small).
     const int64_t sb = w.ref.scale_block;
     const bool sb_ok = sb == 0 || (sb % 64 == 0 && ((sb / 64) & (sb / 64 - 1)) == 0);
-    const bool q8 = (env_is("KMQ_CUDA_GEMV", "q8") || env_is("KMQ_CUDA_GEMV", "q8fast")) && w.ref.dtype == DType::kKmq &&
+    const bool q8 = !env_is("KMQ_CUDA_GEMV", "f32") && w.ref.dtype == DType::kKmq &&
                     w.ref.scope == CodebookScope::kTensor && w.ref.bits != 3 && sb_ok;
     const double tol = n_tok > 8 ? 2e-6 : !q8 ? 1e-10 : env_is("KMQ_CUDA_GEMV", "q8fast") ? 2e-3 : 1e-6;
     CHECK_MESSAGE(e < tol, "nmse ", e);
@@ -127,8 +127,7 @@ TEST_CASE("cuda: matmul of quantized weights, bits 1-4 x scope x scales x odd sh
         CAPTURE(cols);
         const DType cb = scope == CodebookScope::kTensor ? DType::kF32 : DType::kF16;
         auto w = random_tensor("w", DType::kKmq, rows, cols, seed++, bits, scope, group, 64, cb, DType::kF16);
-        // 17 tokens: the tensor-core path (with KMQ_CUDA_SLABS=big: two slabs dequantized on
-        // two streams)
+        // 17 tokens: the tensor-core path with two slabs dequantized on two streams
         check_matmul(p, w, {1, 2, 3, 17});
       }
 }

@@ -446,16 +446,16 @@ bool gemv_half_supported(const CudaWeight& w, const float* x, int64_t ldx) {
          ldx % 4 == 0;
 }
 
-// Which decode kernel quantized weights use: KMQ_CUDA_GEMV=f32 (the default: the f32 LUT
-// kernel above), q8 (the integer kernel of gemv_q8.cu, x in two int8 planes, wherever it
-// applies) or q8fast (the same with x in one int8 plane). Why f32 is still the default:
-// the integer kernel's present version has not run on a GPU yet (docs/PERFORMANCE.md,
-// GPU: its first version was measured at 1.3-1.8x the f32 kernel on the large shapes).
+// Which decode kernel quantized weights use: KMQ_CUDA_GEMV=q8 (the default: the integer
+// kernel of gemv_q8.cu, x in two int8 planes, wherever it applies, else the f32 LUT kernel
+// above), q8fast (the same with x in one int8 plane) or f32 (never the integer kernel).
+// Measured on an H200 (docs/PERFORMANCE.md, GPU): 1.4-2.0x the f32 kernel on the output
+// layer, the same greedy tokens and perplexity end to end.
 int q8_planes() {  // 0: f32 kernel only
   static const int planes = [] {
     const char* e = std::getenv("KMQ_CUDA_GEMV");
     const std::string v = e ? e : "";
-    return v == "q8" ? 2 : v == "q8fast" ? 1 : 0;
+    return v == "f32" ? 0 : v == "q8fast" ? 1 : 2;
   }();
   return planes;
 }

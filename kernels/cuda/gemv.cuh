@@ -11,11 +11,11 @@
 //    decodes 32-weight sub-chunks, sums codebook[idx]*x per sub-chunk and applies the
 //    block scale once per sub-chunk. Needs x 16-byte aligned, ldx % 4 == 0 and one
 //    token's x in 200 KB of shared memory (cols <= 44k); 2 tokens per pass.
-//    The default for every quantized weight. It spends 7-9 instructions per weight
-//    (docs/PERFORMANCE.md, GPU).
+//    It serves what the integer kernel below does not take (3 bits, per-row and per-group
+//    codebooks, 32-weight scale blocks, KMQ_CUDA_GEMV=f32) and spends 7-9 instructions
+//    per weight (docs/PERFORMANCE.md, GPU).
 //  - gemv_q8_cuda (gemv_q8.cu): tensor-scope codebooks at 1, 2, 4 bits with dp4a on int8
-//    planes of x and of the codebook; opt-in (KMQ_CUDA_GEMV=q8 or q8fast) until its
-//    present version has run on a GPU.
+//    planes of x and of the codebook; the default where it applies.
 //  - gemv_half_cuda: f16 / bf16 weights with cols % 8 == 0 (16-byte loads).
 //  - gemv_any_cuda: any weight and layout, one element at a time (reference speed).
 // Measured numbers: docs/PERFORMANCE.md, section GPU.
@@ -34,7 +34,7 @@ void gemv_kmq_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_t
                    cudaStream_t stream);
 // The integer (dp4a) kernel of gemv_q8.cu: tensor-scope codebooks at 1, 2, 4 bits in the
 // fast layout, scale block 0 or 64 * 2^k; x quantized per 64 columns in x_planes (1 or 2)
-// int8 planes. gemv_kmq_cuda uses it where it applies with KMQ_CUDA_GEMV=q8 | q8fast.
+// int8 planes. gemv_kmq_cuda uses it where it applies unless KMQ_CUDA_GEMV=f32.
 bool gemv_q8_supported(const CudaWeight& w, const float* x, int64_t ldx);
 void gemv_q8_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
                   int x_planes, cudaStream_t stream);

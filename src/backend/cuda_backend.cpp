@@ -38,8 +38,8 @@ void blas_check(cublasStatus_t s, const char* what) {
 }
 
 constexpr int64_t kGemvMaxTok = 8;           // larger batches take the tensor-core path
-constexpr int64_t kSlabElems = 8 << 20;      // f16 weight slab: 16 MiB, stays in L2
-constexpr int64_t kBigSlabElems = 64 << 20;  // KMQ_CUDA_SLABS=big: at most 128 MiB (two of them)
+constexpr int64_t kSlabElems = 8 << 20;      // KMQ_CUDA_SLABS=small: 16 MiB f16 slabs
+constexpr int64_t kBigSlabElems = 64 << 20;  // default: at most 128 MiB (two of them)
 constexpr int64_t kParamCap = 1 << 20;       // int32 parameter slots per step
 constexpr size_t kBlasWorkspace = 32 << 20;
 
@@ -63,7 +63,7 @@ class CudaBackend final : public Backend {
     const char* g = std::getenv("KMQ_CUDA_GRAPHS");
     use_graphs_ = !(g && std::string(g) == "0");
     const char* sl = std::getenv("KMQ_CUDA_SLABS");
-    big_slabs_ = sl && std::string(sl) == "big";
+    big_slabs_ = !(sl && std::string(sl) == "small");
   }
 
   ~CudaBackend() override {
@@ -393,13 +393,12 @@ class CudaBackend final : public Backend {
       x16_n_ = n_tok * cols;
     }
     // Quantized and bf16 weights: dequantized to f16 in row slabs, each multiplied by one
-    // cuBLAS GEMM. With KMQ_CUDA_SLABS=big the slabs are large (whole matrices up to 64M
-    // weights), so that the GEMMs fill the GPU (16 MiB slabs leave most SMs idle: 576-row
-    // slabs for ffn_down), and with two or more slabs (every matrix of >= 8192 rows) slab
-    // i+1 is dequantized on a second stream while slab i is multiplied, into the other of
-    // two buffers.
-    // KMQ_CUDA_SLABS=big (opt-in: not yet run on a GPU) takes the large slabs on two
-    // streams; the default is 16 MiB slabs one after another on the main stream.
+    // cuBLAS GEMM. The slabs are large (whole matrices up to 64M weights), so that the
+    // GEMMs fill the GPU (16 MiB slabs left most SMs idle: 576-row slabs for ffn_down), and
+    // with two or more slabs (every matrix of >= 8192 rows) slab i+1 is dequantized on a
+    // second stream while slab i is multiplied, into the other of two buffers. Measured on
+    // an H200: 54% of cuBLAS bf16 on the llama-3.1-8b shapes, against 39% (docs/PERFORMANCE.md).
+    // KMQ_CUDA_SLABS=small: the former 16 MiB slabs, one after another on the main stream.
     const bool slab = w.dtype == cuda::kDtKmq || w.dtype == cuda::kDtBF16;
     int64_t slab_rows = std::min(rows, std::max<int64_t>(64, kSlabElems / cols / 64 * 64));
     if (big_slabs_) {
@@ -546,7 +545,7 @@ class CudaBackend final : public Backend {
   float* partial_ = nullptr;
   int64_t partial_n_ = 0;
   uint16_t *x16_ = nullptr, *w16_ = nullptr, *w16b_ = nullptr;
-  bool big_slabs_ = false;       // KMQ_CUDA_SLABS=big
+  bool big_slabs_ = true;        // false with KMQ_CUDA_SLABS=small
   cudaStream_t side_ = nullptr;  // dequantizes the next slab while the main stream multiplies
   cudaEvent_t ev_fork_ = nullptr, ev_deq_[2] = {}, ev_gemm_[2] = {};
   int64_t x16_n_ = 0, w16_n_ = 0, w16b_n_ = 0;
