@@ -1,4 +1,5 @@
-// The CUDA error path: turns a cudaError_t into a kmq::Error that names the call and place.
+// The CUDA error path (a cudaError_t becomes a kmq::Error that names the call and place) and
+// device queries shared by the kernels.
 #include <string>
 
 #include "kernels/cuda/common.cuh"
@@ -13,6 +14,16 @@ void check_failed(cudaError_t e, const char* what, const char* file, int line) {
     msg += ": this build has no kernels for this GPU's architecture (built for sm_80, sm_89, sm_90; set "
            "CMAKE_CUDA_ARCHITECTURES)";
   throw Error(msg);
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, c = 0;
+    KMQ_CUDA_CHECK(cudaGetDevice(&dev));
+    KMQ_CUDA_CHECK(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev));
+    return c;
+  }();
+  return n;
 }
 
 }  // namespace kmq::cuda

@@ -8,6 +8,8 @@ namespace kmq::cuda {
 
 // Throws kmq::Error("CUDA error <name> (<text>) in <what> at file:line").
 [[noreturn]] void check_failed(cudaError_t e, const char* what, const char* file, int line);
+// Multiprocessors of the current device (read once; the persistent decode grids size by it).
+int sm_count();
 
 #define KMQ_CUDA_CHECK(call)                                                        \
   do {                                                                              \

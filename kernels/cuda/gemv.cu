@@ -371,16 +371,6 @@ __global__ void dequant_f16_kernel(CudaWeight w, int64_t r0, int64_t n_rows, uin
   }
 }
 
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, c = 0;
-    KMQ_CUDA_CHECK(cudaGetDevice(&dev));
-    KMQ_CUDA_CHECK(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev));
-    return c;
-  }();
-  return n;
-}
-
 // KMQ_CUDA_L2_PREFETCH=1 turns on the decode kernels' L2 prefetch of the item after next.
 // Off by default: measured 0-6% slower on the llama-3.1-8b shapes (docs/PERFORMANCE.md).
 bool l2_prefetch() {

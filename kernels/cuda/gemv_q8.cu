@@ -337,16 +337,6 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
   }
 }
 
-int sm_count_q8() {
-  static const int n = [] {
-    int dev = 0, c = 0;
-    KMQ_CUDA_CHECK(cudaGetDevice(&dev));
-    KMQ_CUDA_CHECK(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev));
-    return c;
-  }();
-  return n;
-}
-
 template <int B>
 size_t q8_smem(const CudaWeight& w, int nt, int xp) {
   const size_t n_ls = size_t(w.row_words / Q8Geom<B>::W), nblk = n_ls * Q8Geom<B>::G;
@@ -368,7 +358,7 @@ void launch_q8(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64
                                                                smem));
   constexpr int R = Q8Geom<B>::R;
   const int64_t need = (w.rows + kWarpsQ8 * R - 1) / (kWarpsQ8 * R);
-  const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(sm_count_q8()) * std::max(per_sm, 1))));
+  const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(sm_count()) * std::max(per_sm, 1))));
   gemv_q8_kernel<B, NT, XP><<<grid, kWarpsQ8 * 32, smem, st>>>(w, x, ldx, y, ldy, sb_shift);
   KMQ_CUDA_LAUNCHED();
 }
