@@ -12,6 +12,7 @@
 #include "convert/convert.h"
 #include "calib/calibrate.h"
 #include "calib/mixed.h"
+#include "calib/refine.h"
 #include "convert/synthetic.h"
 #include "kmq/error.h"
 
@@ -124,6 +125,22 @@ int main(int argc, char** argv) {
                  "measured sensitivity (KL with one tensor at 2 bits, with --calibration) times\n"
                  "weighted error, per byte, so the whole file has at most this many bits/weight")
       ->check(CLI::Range(1.0, 16.0));
+  bool refine = false;
+  kmq::RefineOptions refine_opts;
+  std::string refine_target = "float";
+  app.add_flag("--refine", refine,
+               "Output-aligned refinement (needs --calibration): quantize the layers in order, each\n"
+               "fitted to the float model's outputs on the calibration text with the earlier layers\n"
+               "already quantized (GPTQ-style error feedback, then least-squares scales and centroids)");
+  app.add_option("--refine-rounds", refine_opts.hessian.rounds, "Refinement rounds (assignment + refits) per matrix")
+      ->check(CLI::Range(1, 20))->capture_default_str();
+  app.add_option("--refine-damp", refine_opts.hessian.damp,
+                 "Relative ridge added to the inputs' second-moment matrix (GPTQ's damping)")
+      ->check(CLI::Range(0.0, 10.0))->capture_default_str();
+  app.add_option("--refine-target", refine_target,
+                 "float: fit the float model's outputs (corrects earlier layers' error); quant: fit\n"
+                 "W on the quantized inputs (plain GPTQ)")
+      ->check(CLI::IsMember({"float", "quant"}))->capture_default_str();
   app.add_flag("-f,--force", force, "Overwrite an existing output file");
   app.add_flag("-q,--quiet", quiet, "No per-tensor progress");
   std::string synthetic, presets;
@@ -200,6 +217,16 @@ int main(int argc, char** argv) {
       pin.n_ctx = cal_opts.n_ctx;
       plan = kmq::plan_bits(src, o, pin, [&](const std::string& line) { fmt::print(stderr, "{}\n", line); });
       o.plan = &plan;
+    }
+    std::map<std::string, kmq::QuantizedTensor> refined;
+    if (refine) {
+      if (calibration.empty()) throw kmq::Error("--refine needs --calibration TEXT");
+      if (o.float_only) throw kmq::Error("--refine and --float exclude each other");
+      refine_opts.float_target = refine_target == "float";
+      refine_opts.threads = o.threads;
+      refined = kmq::refine_quantize(src, o, cal_tokens, cal_opts.n_ctx, refine_opts,
+                                     [&](const std::string& line) { if (!quiet) fmt::print(stderr, "{}\n", line); });
+      o.prequantized = &refined;
     }
     {
       // The writer names its temp file after the output and our pid.

@@ -66,6 +66,30 @@ QuantizedTensor quantize(const float* w, int64_t rows, int64_t cols, const Quant
 void dequantize_row(const QuantizedTensor& q, int64_t r, float* out);
 QuantStats quant_error(const float* w, const QuantizedTensor& q);
 
+// Output-aware quantization of one matrix (GPTQ with k-means codebooks). Minimises
+//   E = sum_r (w'_r - t_r)^T (H + damp * mean(diag H) * I) (w'_r - t_r)
+// over the reconstruction w' of the format (indices, block scales, centroids), where t is
+// the target (rows x cols) and H = sum over calibration tokens of x x^T (cols x cols, row-
+// major, symmetric positive semi-definite): E is the squared error of the layer's outputs
+// on those inputs. Starts from quantize(t, spec) with importance diag(H); then `rounds`
+// times: indices column by column with the error of each column fed back into the columns
+// after it (GPTQ: the inverse Hessian's Cholesky factor), block scales and centroids
+// refitted by exact least squares in that metric (each rounded to its storage dtype,
+// codebooks re-sorted). Returns the best state seen (E never above the plain fit's). Rows
+// are independent and reductions are in row order: bit-identical for any thread count.
+struct HessianOptions {
+  int rounds = 2;       // >= 1
+  double damp = 0.01;   // relative ridge on H (GPTQ's percdamp)
+};
+struct HessianReport {
+  double err_plain = 0;  // E of quantize(t, spec)
+  double err_final = 0;  // E of the result
+  double err_ref = 0;    // t^T H t summed over rows (E of an all-zero matrix), for scale
+};
+QuantizedTensor quantize_hessian(const float* target, int64_t rows, int64_t cols, const double* H,
+                                 const QuantSpec& spec, const HessianOptions& opts,
+                                 HessianReport* report = nullptr);
+
 // Lossless encoding of a checkpoint trained with fake quantization (ParetoQ-style uniform
 // levels with a per-row scale, or any scheme where every row takes at most 2^max_bits
 // distinct values): a per-row codebook holding exactly each row's values (f16 when they are

@@ -54,6 +54,8 @@ struct FloatModel::Impl {
   std::map<std::string, W> w;
   int64_t n_ctx = 0;
   std::vector<Buf> kc, vc;
+  std::vector<Buf> states;  // layer-by-layer use: one residual stream per chunk
+  std::vector<int64_t> state_len;
   Buf x, xn, q, k, v, att, gate, up, logits;
 
   void upload(const std::string& name, W& t) {
@@ -195,6 +197,75 @@ void FloatModel::run(const std::vector<int32_t>& tokens, std::map<std::string, s
       for (int64_t i = 0; i < c.n_vocab; ++i) r[i] -= lse;
     }
   }
+}
+
+int64_t FloatModel::begin(const std::vector<int32_t>& tokens) {
+  auto& m = *impl_;
+  const int64_t n = int64_t(tokens.size());
+  if (n == 0 || n > m.n_ctx)
+    throw Error(fmt::format("calibration: a chunk of {} tokens does not fit the context {}", n, m.n_ctx));
+  m.states.push_back(m.b->alloc(n * m.cfg.dim));
+  m.state_len.push_back(n);
+  m.b->embed(m.states.back(), m.id("token_embd"), tokens.data(), n);
+  return int64_t(m.states.size()) - 1;
+}
+
+void FloatModel::run_layer(int64_t st, int64_t l, Point point, std::vector<float>* captured, bool advance) {
+  auto& m = *impl_;
+  auto& b = *m.b;
+  const auto& c = m.cfg;
+  if (st < 0 || st >= int64_t(m.states.size()) || l < 0 || l >= c.n_layers)
+    throw Error(fmt::format("calibration: no state {} or layer {}", st, l));
+  const int64_t n = m.state_len[size_t(st)];
+  const int64_t hd = c.head_dim, q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
+  b.copy_rows(m.x, m.states[size_t(st)], n * c.dim);
+  auto grab = [&](Point here, Buf x, int64_t width) {
+    if (point != here || !captured) return;
+    const size_t at = captured->size();
+    captured->resize(at + size_t(n * width));
+    b.to_host(captured->data() + at, x, n * width);
+  };
+  const std::string p = fmt::format("blk.{}.", l);
+  b.rmsnorm(m.xn, m.x, m.id(p + "attn_norm"), n, c.dim, c.norm_eps);
+  grab(Point::kAttnIn, m.xn, c.dim);
+  if (!advance && point == Point::kAttnIn) return;
+  b.matmul(m.q, m.id(p + "attn_q"), m.xn, n);
+  b.matmul(m.k, m.id(p + "attn_k"), m.xn, n);
+  b.matmul(m.v, m.id(p + "attn_v"), m.xn, n);
+  if (c.attn_qkv_bias) {
+    b.add_bias(m.q, m.id(p + "attn_q.bias"), n, q_dim);
+    b.add_bias(m.k, m.id(p + "attn_k.bias"), n, kv_dim);
+    b.add_bias(m.v, m.id(p + "attn_v.bias"), n, kv_dim);
+  }
+  b.rope(m.q, n, c.n_heads, 0);
+  b.rope(m.k, n, c.n_kv_heads, 0);
+  b.attention(m.att, m.q, m.k, m.v, m.kc[size_t(l)], m.vc[size_t(l)], n, 0, c.n_heads, c.n_kv_heads, hd,
+              c.sliding_window);
+  grab(Point::kAttnOutput, m.att, q_dim);
+  if (!advance && point == Point::kAttnOutput) return;
+  b.matmul(m.xn, m.id(p + "attn_output"), m.att, n);
+  b.add(m.x, m.xn, n * c.dim);
+  b.rmsnorm(m.xn, m.x, m.id(p + "ffn_norm"), n, c.dim, c.norm_eps);
+  grab(Point::kFfnIn, m.xn, c.dim);
+  if (!advance && point == Point::kFfnIn) return;
+  b.matmul(m.gate, m.id(p + "ffn_gate"), m.xn, n);
+  b.matmul(m.up, m.id(p + "ffn_up"), m.xn, n);
+  b.swiglu(m.gate, m.gate, m.up, n * c.ffn_dim);
+  grab(Point::kFfnDown, m.gate, c.ffn_dim);
+  if (!advance && point == Point::kFfnDown) return;
+  b.matmul(m.xn, m.id(p + "ffn_down"), m.gate, n);
+  b.add(m.x, m.xn, n * c.dim);
+  if (advance) b.copy_rows(m.states[size_t(st)], m.x, n * c.dim);
+}
+
+void FloatModel::final_input(int64_t st, std::vector<float>* captured) {
+  auto& m = *impl_;
+  if (st < 0 || st >= int64_t(m.states.size())) throw Error(fmt::format("calibration: no state {}", st));
+  const int64_t n = m.state_len[size_t(st)], dim = m.cfg.dim;
+  m.b->rmsnorm(m.xn, m.states[size_t(st)], m.id("output_norm"), n, dim, m.cfg.norm_eps);
+  const size_t at = captured->size();
+  captured->resize(at + size_t(n * dim));
+  m.b->to_host(captured->data() + at, m.xn, n * dim);
 }
 
 std::vector<int32_t> calibration_tokens(const SourceModel& src, const std::string& text,

@@ -53,6 +53,18 @@ class FloatModel {
   void run(const std::vector<int32_t>& tokens, std::map<std::string, std::vector<double>>* stats,
            std::vector<float>* logprobs);
 
+  // Layer by layer, for sequential quantization. A state holds one chunk's residual stream
+  // (positions from 0); begin() embeds a chunk into a new state and returns its number.
+  // run_layer() runs layer `layer` on state `st` with the present weights; when `point` is
+  // not kNone it appends the [n_tok, width] input of that point's linear layers to
+  // *captured (row-major), and when `advance` is false it stops there, leaving the state
+  // as it was; when `advance` is true the state becomes the layer's output. final_input()
+  // appends the output layer's input (the final norm of the state).
+  enum class Point { kNone, kAttnIn, kAttnOutput, kFfnIn, kFfnDown };
+  int64_t begin(const std::vector<int32_t>& tokens);
+  void run_layer(int64_t st, int64_t layer, Point point, std::vector<float>* captured, bool advance);
+  void final_input(int64_t st, std::vector<float>* captured);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -147,6 +147,17 @@ ConvertReport convert_model(const SourceModel& src, const std::filesystem::path&
       w.add_quantized(t.name, exact);
       rep.n_quant_weights += n;
       rep.quant_bits += tr.bits_per_weight * double(n);
+    } else if (c.dtype == DType::kKmq && o.prequantized && o.prequantized->count(t.name)) {
+      const QuantizedTensor& q = o.prequantized->at(t.name);
+      if (q.rows != rows || q.cols != cols)
+        throw Error(fmt::format("tensor '{}': the refined tensor is {} x {}, the source {} x {}", t.name, q.rows,
+                                q.cols, rows, cols));
+      tr.scheme += " refined";
+      tr.nmse = quant_error(v.data(), q).nmse;
+      tr.bits_per_weight = q.bits_per_weight();
+      w.add_quantized(t.name, q);
+      rep.n_quant_weights += n;
+      rep.quant_bits += tr.bits_per_weight * double(n);
     } else if (c.dtype == DType::kKmq) {
       QuantizedTensor q = quantize(v.data(), rows, cols, c.quant);
       tr.nmse = quant_error(v.data(), q).nmse;

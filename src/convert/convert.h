@@ -45,6 +45,9 @@ struct ConvertOptions {
   // Per-tensor choices decided beforehand (mixed precision: --target-bpw), by kmq name;
   // they replace choose_tensor() for the tensors they name. Not owned; may be null.
   const std::map<std::string, TensorChoice>* plan = nullptr;
+  // Tensors quantized beforehand (output-aligned refinement: --refine, src/calib/refine.h),
+  // by kmq name: written as given (their choice's scheme, marked "refined"). Not owned.
+  const std::map<std::string, QuantizedTensor>* prequantized = nullptr;
 };
 
 struct TensorReport {
