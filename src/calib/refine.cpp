@@ -85,7 +85,10 @@ std::vector<float> dequantize(const QuantizedTensor& q) {
 std::map<std::string, QuantizedTensor> refine_quantize(const SourceModel& src, const ConvertOptions& o,
                                                        const std::vector<int32_t>& tokens, int64_t n_ctx,
                                                        const RefineOptions& ro,
-                                                       const std::function<void(const std::string&)>& log) {
+                                                       const std::function<void(const std::string&)>& log_fn) {
+  auto log = [&](const std::string& line) {
+    if (log_fn) log_fn(line);
+  };
   const auto t_start = std::chrono::steady_clock::now();
   if (n_ctx < 2 || tokens.size() < size_t(n_ctx))
     throw Error(fmt::format("refine: needs at least one chunk of {} calibration tokens, got {}", n_ctx, tokens.size()));
