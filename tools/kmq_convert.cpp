@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1.0, 16.0));
   bool refine = false;
   kmq::RefineOptions refine_opts;
-  std::string refine_target = "float";
+  std::string refine_target = "quant";
   app.add_flag("--refine", refine,
                "Output-aligned refinement (needs --calibration): quantize the layers in order, each\n"
                "fitted to the float model's outputs on the calibration text with the earlier layers\n"
@@ -138,8 +138,8 @@ int main(int argc, char** argv) {
                  "Relative ridge added to the inputs' second-moment matrix (GPTQ's damping)")
       ->check(CLI::Range(0.0, 10.0))->capture_default_str();
   app.add_option("--refine-target", refine_target,
-                 "float: fit the float model's outputs (corrects earlier layers' error); quant: fit\n"
-                 "W on the quantized inputs (plain GPTQ)")
+                 "quant: fit W on the quantized inputs (GPTQ; the better one on held-out text);\n"
+                 "float: fit the float model's outputs (corrects earlier layers' error, overfits)")
       ->check(CLI::IsMember({"float", "quant"}))->capture_default_str();
   app.add_flag("-f,--force", force, "Overwrite an existing output file");
   app.add_flag("-q,--quiet", quiet, "No per-tensor progress");

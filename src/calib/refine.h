@@ -32,7 +32,9 @@ namespace kmq {
 
 struct RefineOptions {
   HessianOptions hessian;
-  bool float_target = true;  // fit the float model's outputs (true) or W on the quantized inputs
+  // Fit the float model's outputs (true) or W on the quantized inputs (false, the default:
+  // the float target overfits the calibration text, docs/QUALITY.md).
+  bool float_target = false;
   int threads = 1;
   std::atomic<bool>* cancel = nullptr;
 };
