@@ -90,6 +90,11 @@ QuantizedTensor quantize_hessian(const float* target, int64_t rows, int64_t cols
                                  const QuantSpec& spec, const HessianOptions& opts,
                                  HessianReport* report = nullptr);
 
+// In-place Cholesky factorisation of the n x n row-major symmetric positive definite a:
+// the lower triangle becomes L with a = L L^T (the upper triangle is left as it was).
+// Returns false if a pivot is not positive (a not positive definite).
+bool cholesky_lower(std::vector<double>& a, int64_t n);
+
 // Lossless encoding of a checkpoint trained with fake quantization (ParetoQ-style uniform
 // levels with a per-row scale, or any scheme where every row takes at most 2^max_bits
 // distinct values): a per-row codebook holding exactly each row's values (f16 when they are

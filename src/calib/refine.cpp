@@ -57,23 +57,6 @@ void matmul_t(ThreadPool& pool, const float* x, int64_t T, const float* w, int64
   });
 }
 
-bool cholesky(std::vector<double>& a, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    double* rj = a.data() + j * n;
-    double d = rj[j];
-    for (int64_t k = 0; k < j; ++k) d -= rj[k] * rj[k];
-    if (!(d > 0)) return false;
-    rj[j] = std::sqrt(d);
-    for (int64_t i = j + 1; i < n; ++i) {
-      double* ri = a.data() + i * n;
-      double s = ri[j];
-      for (int64_t k = 0; k < j; ++k) s -= ri[k] * rj[k];
-      ri[j] = s / rj[j];
-    }
-  }
-  return true;
-}
-
 std::vector<float> dequantize(const QuantizedTensor& q) {
   std::vector<float> v(static_cast<size_t>(q.rows * q.cols));
   for (int64_t r = 0; r < q.rows; ++r) dequantize_row(q, r, v.data() + r * q.cols);
@@ -165,7 +148,7 @@ std::map<std::string, QuantizedTensor> refine_quantize(const SourceModel& src, c
         if (chol.empty()) {
           chol = h;
           for (int64_t j = 0; j < cols; ++j) chol[size_t(j * cols + j)] += lambda;
-          if (!cholesky(chol, cols)) throw Error(fmt::format("refine: the inputs of '{}' give a singular H", name));
+          if (!cholesky_lower(chol, cols)) throw Error(fmt::format("refine: the inputs of '{}' give a singular H", name));
         }
         std::vector<float> yf(static_cast<size_t>(T * rows));
         matmul_t(pool, xf.data(), T, w.data(), rows, cols, yf.data());

@@ -37,26 +37,6 @@ namespace {
 
 using namespace qdetail;
 
-// In-place Cholesky of the n x n row-major SPD matrix a: lower L with a = L L^T (the upper
-// triangle is left as it was). Returns false if a pivot is not positive.
-bool cholesky_lower(std::vector<double>& a, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    double* rj = a.data() + j * n;
-    double d = rj[j];
-    for (int64_t k = 0; k < j; ++k) d -= rj[k] * rj[k];
-    if (!(d > 0) || !std::isfinite(d)) return false;
-    const double ljj = std::sqrt(d);
-    rj[j] = ljj;
-    for (int64_t i = j + 1; i < n; ++i) {
-      double* ri = a.data() + i * n;
-      double s = ri[j];
-      for (int64_t k = 0; k < j; ++k) s -= ri[k] * rj[k];
-      ri[j] = s / ljj;
-    }
-  }
-  return true;
-}
-
 // Solves the small SPD system (A + mu I) x = b + mu x0 in place of x (x holds x0 on entry),
 // mu a relative ridge. Returns false (x unchanged) if the system is not usable.
 bool solve_ridge(std::vector<double> a, std::vector<double> b, int64_t n, double* x) {
@@ -265,6 +245,24 @@ void refit_centroids(const Problem& P, State& s) {
 }
 
 }  // namespace
+
+bool cholesky_lower(std::vector<double>& a, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    double* rj = a.data() + j * n;
+    double d = rj[j];
+    for (int64_t k = 0; k < j; ++k) d -= rj[k] * rj[k];
+    if (!(d > 0) || !std::isfinite(d)) return false;
+    const double ljj = std::sqrt(d);
+    rj[j] = ljj;
+    for (int64_t i = j + 1; i < n; ++i) {
+      double* ri = a.data() + i * n;
+      double s = ri[j];
+      for (int64_t k = 0; k < j; ++k) s -= ri[k] * rj[k];
+      ri[j] = s / ljj;
+    }
+  }
+  return true;
+}
 
 QuantizedTensor quantize_hessian(const float* target, int64_t rows, int64_t cols, const double* H,
                                  const QuantSpec& spec, const HessianOptions& opts, HessianReport* report) {
