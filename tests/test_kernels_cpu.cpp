@@ -302,14 +302,14 @@ TEST_CASE("kernels: LUT path, bits 1-4 x scale blocks x odd shapes x token count
   uint64_t seed = 500;
   for (int bits = 1; bits <= 4; ++bits)
     for (int64_t sb : {0, 32, 64, 128, 256})
-      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 32}, {33, 64}, {70, 100}, {64, 257}, {5, 1100}}) {
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 32}, {33, 64}, {70, 100}, {64, 257}, {5, 1100}, {200, 96}}) {
         CAPTURE(bits);
         CAPTURE(sb);
         CAPTURE(rows);
         CAPTURE(cols);
         const DType sc = (seed % 3 == 0) ? DType::kBF16 : DType::kF16;
         auto w = make_weight(DType::kKmq, bits, CodebookScope::kTensor, rows, cols, 0, sb, DType::kF32, sc, seed++);
-        for (int64_t n_tok : {1, 3, 6})  // 6: the 4-token kernel and a remainder
+        for (int64_t n_tok : {1, 3, 6})  // 1, 3: the two-tile decode kernel; 6: the 4-token kernel and a remainder
           check_lut(w, n_tok, 1e-3);
       }
 }

@@ -16,7 +16,7 @@
 #include "kernels/cpu/lut.h"
 
 #ifndef KMQ_LUT_PREFETCH
-#define KMQ_LUT_PREFETCH 1024
+#define KMQ_LUT_PREFETCH 2048
 #endif
 
 namespace kmq::cpu {
