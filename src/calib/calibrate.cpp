@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fmt/format.h>
+#include <functional>
 #include <numbers>
 
 #include "backend/backend.h"
@@ -67,6 +68,39 @@ struct FloatModel::Impl {
     r.ndim = t.cols == 1 ? 1 : 2;
     r.data = t.repl.empty() ? t.src.data() : t.repl.data();
     t.id = b->upload(r);
+  }
+  // One transformer layer on the n rows of x (positions from 0). at(point, buffer, width)
+  // is called at each capture point with that point's input; when it returns true the
+  // layer stops there (x is then partly updated).
+  void layer(int64_t l, int64_t n, const std::function<bool(FloatModel::Point, Buf, int64_t)>& at) {
+    using P = FloatModel::Point;
+    const auto& c = cfg;
+    const int64_t hd = c.head_dim, q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
+    const std::string p = fmt::format("blk.{}.", l);
+    b->rmsnorm(xn, x, id(p + "attn_norm"), n, c.dim, c.norm_eps);
+    if (at(P::kAttnIn, xn, c.dim)) return;
+    b->matmul(q, id(p + "attn_q"), xn, n);
+    b->matmul(k, id(p + "attn_k"), xn, n);
+    b->matmul(v, id(p + "attn_v"), xn, n);
+    if (c.attn_qkv_bias) {
+      b->add_bias(q, id(p + "attn_q.bias"), n, q_dim);
+      b->add_bias(k, id(p + "attn_k.bias"), n, kv_dim);
+      b->add_bias(v, id(p + "attn_v.bias"), n, kv_dim);
+    }
+    b->rope(q, n, c.n_heads, 0);
+    b->rope(k, n, c.n_kv_heads, 0);
+    b->attention(att, q, k, v, kc[size_t(l)], vc[size_t(l)], n, 0, c.n_heads, c.n_kv_heads, hd, c.sliding_window);
+    if (at(P::kAttnOutput, att, q_dim)) return;
+    b->matmul(xn, id(p + "attn_output"), att, n);
+    b->add(x, xn, n * c.dim);
+    b->rmsnorm(xn, x, id(p + "ffn_norm"), n, c.dim, c.norm_eps);
+    if (at(P::kFfnIn, xn, c.dim)) return;
+    b->matmul(gate, id(p + "ffn_gate"), xn, n);
+    b->matmul(up, id(p + "ffn_up"), xn, n);
+    b->swiglu(gate, gate, up, n * c.ffn_dim);
+    if (at(P::kFfnDown, gate, c.ffn_dim)) return;
+    b->matmul(xn, id(p + "ffn_down"), gate, n);
+    b->add(x, xn, n * c.dim);
   }
   WeightId id(const std::string& name) const {
     auto it = w.find(name);
@@ -137,7 +171,6 @@ void FloatModel::run(const std::vector<int32_t>& tokens, std::map<std::string, s
   const int64_t n = int64_t(tokens.size());
   if (n == 0) return;
   if (n > m.n_ctx) throw Error(fmt::format("calibration: a chunk of {} tokens exceeds the context {}", n, m.n_ctx));
-  const int64_t hd = c.head_dim, q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
   std::vector<float> host;
   auto record = [&](const std::string& name, Buf x, int64_t width) {
     if (!stats) return;
@@ -152,34 +185,12 @@ void FloatModel::run(const std::vector<int32_t>& tokens, std::map<std::string, s
       }
   };
   b.embed(m.x, m.id("token_embd"), tokens.data(), n);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = fmt::format("blk.{}.", l);
-    b.rmsnorm(m.xn, m.x, m.id(p + "attn_norm"), n, c.dim, c.norm_eps);
-    record(p + "attn_in", m.xn, c.dim);
-    b.matmul(m.q, m.id(p + "attn_q"), m.xn, n);
-    b.matmul(m.k, m.id(p + "attn_k"), m.xn, n);
-    b.matmul(m.v, m.id(p + "attn_v"), m.xn, n);
-    if (c.attn_qkv_bias) {
-      b.add_bias(m.q, m.id(p + "attn_q.bias"), n, q_dim);
-      b.add_bias(m.k, m.id(p + "attn_k.bias"), n, kv_dim);
-      b.add_bias(m.v, m.id(p + "attn_v.bias"), n, kv_dim);
-    }
-    b.rope(m.q, n, c.n_heads, 0);
-    b.rope(m.k, n, c.n_kv_heads, 0);
-    b.attention(m.att, m.q, m.k, m.v, m.kc[size_t(l)], m.vc[size_t(l)], n, 0, c.n_heads, c.n_kv_heads, hd,
-                c.sliding_window);
-    record(p + "attn_output", m.att, q_dim);
-    b.matmul(m.xn, m.id(p + "attn_output"), m.att, n);
-    b.add(m.x, m.xn, n * c.dim);
-    b.rmsnorm(m.xn, m.x, m.id(p + "ffn_norm"), n, c.dim, c.norm_eps);
-    record(p + "ffn_in", m.xn, c.dim);
-    b.matmul(m.gate, m.id(p + "ffn_gate"), m.xn, n);
-    b.matmul(m.up, m.id(p + "ffn_up"), m.xn, n);
-    b.swiglu(m.gate, m.gate, m.up, n * c.ffn_dim);
-    record(p + "ffn_down", m.gate, c.ffn_dim);
-    b.matmul(m.xn, m.id(p + "ffn_down"), m.gate, n);
-    b.add(m.x, m.xn, n * c.dim);
-  }
+  static const char* const kNames[] = {"", "attn_in", "attn_output", "ffn_in", "ffn_down"};
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    m.layer(l, n, [&](Point at, Buf x, int64_t width) {
+      record(fmt::format("blk.{}.{}", l, kNames[int(at)]), x, width);
+      return false;
+    });
   b.rmsnorm(m.xn, m.x, m.id("output_norm"), n, c.dim, c.norm_eps);
   record("output", m.xn, c.dim);
   if (logprobs) {
@@ -217,44 +228,16 @@ void FloatModel::run_layer(int64_t st, int64_t l, Point point, std::vector<float
   if (st < 0 || st >= int64_t(m.states.size()) || l < 0 || l >= c.n_layers)
     throw Error(fmt::format("calibration: no state {} or layer {}", st, l));
   const int64_t n = m.state_len[size_t(st)];
-  const int64_t hd = c.head_dim, q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
   b.copy_rows(m.x, m.states[size_t(st)], n * c.dim);
-  auto grab = [&](Point here, Buf x, int64_t width) {
-    if (point != here || !captured) return;
-    const size_t at = captured->size();
-    captured->resize(at + size_t(n * width));
-    b.to_host(captured->data() + at, x, n * width);
-  };
-  const std::string p = fmt::format("blk.{}.", l);
-  b.rmsnorm(m.xn, m.x, m.id(p + "attn_norm"), n, c.dim, c.norm_eps);
-  grab(Point::kAttnIn, m.xn, c.dim);
-  if (!advance && point == Point::kAttnIn) return;
-  b.matmul(m.q, m.id(p + "attn_q"), m.xn, n);
-  b.matmul(m.k, m.id(p + "attn_k"), m.xn, n);
-  b.matmul(m.v, m.id(p + "attn_v"), m.xn, n);
-  if (c.attn_qkv_bias) {
-    b.add_bias(m.q, m.id(p + "attn_q.bias"), n, q_dim);
-    b.add_bias(m.k, m.id(p + "attn_k.bias"), n, kv_dim);
-    b.add_bias(m.v, m.id(p + "attn_v.bias"), n, kv_dim);
-  }
-  b.rope(m.q, n, c.n_heads, 0);
-  b.rope(m.k, n, c.n_kv_heads, 0);
-  b.attention(m.att, m.q, m.k, m.v, m.kc[size_t(l)], m.vc[size_t(l)], n, 0, c.n_heads, c.n_kv_heads, hd,
-              c.sliding_window);
-  grab(Point::kAttnOutput, m.att, q_dim);
-  if (!advance && point == Point::kAttnOutput) return;
-  b.matmul(m.xn, m.id(p + "attn_output"), m.att, n);
-  b.add(m.x, m.xn, n * c.dim);
-  b.rmsnorm(m.xn, m.x, m.id(p + "ffn_norm"), n, c.dim, c.norm_eps);
-  grab(Point::kFfnIn, m.xn, c.dim);
-  if (!advance && point == Point::kFfnIn) return;
-  b.matmul(m.gate, m.id(p + "ffn_gate"), m.xn, n);
-  b.matmul(m.up, m.id(p + "ffn_up"), m.xn, n);
-  b.swiglu(m.gate, m.gate, m.up, n * c.ffn_dim);
-  grab(Point::kFfnDown, m.gate, c.ffn_dim);
-  if (!advance && point == Point::kFfnDown) return;
-  b.matmul(m.xn, m.id(p + "ffn_down"), m.gate, n);
-  b.add(m.x, m.xn, n * c.dim);
+  m.layer(l, n, [&](Point here, Buf x, int64_t width) {
+    if (point != here) return false;
+    if (captured) {
+      const size_t at = captured->size();
+      captured->resize(at + size_t(n * width));
+      b.to_host(captured->data() + at, x, n * width);
+    }
+    return !advance;
+  });
   if (advance) b.copy_rows(m.states[size_t(st)], m.x, n * c.dim);
 }
 
