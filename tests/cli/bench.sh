@@ -42,6 +42,9 @@ import json, sys
 j = json.load(open(sys.argv[1]))
 assert [b['threads'] for b in j['bandwidth']] == [1, 2], j['bandwidth']
 assert all(b['gb_per_s'] > 0 and b['buffer_bytes'] == 64 << 20 for b in j['bandwidth'])
+# probed at the start and after each of the 2 tg tests per thread count; the best counts
+assert all(b['probes'] == 3 and 0 < b['worst_probe_gb_per_s'] <= b['gb_per_s'] for b in j['bandwidth']), j['bandwidth']
+best = {b['threads']: b['gb_per_s'] for b in j['bandwidth']}
 r = j['results']
 assert len(r) == 2 * 2 * 2, len(r)  # models x threads x (pp, tg)
 assert [x['test'] for x in r[:2]] == ['pp8', 'tg4']
@@ -50,7 +53,8 @@ for x in r:
         assert x[k] > 0, (k, x)
     assert x['tok_s_stddev'] >= 0 and len(x['seconds']) == 2 and x['backend']
     if x['test'].startswith('tg'):
-        assert x['gb_per_s'] > 0 and x['bandwidth_gb_per_s'] > 0 and x['bandwidth_pct'] > 0, x
+        assert x['gb_per_s'] > 0 and x['bandwidth_gb_per_s'] == best[x['threads']] and x['bandwidth_pct'] > 0, x
+        assert abs(x['bandwidth_pct'] - 100 * x['gb_per_s'] / best[x['threads']]) < 1e-6 * x['bandwidth_pct']
         assert abs(x['gb_per_s'] - x['bytes_per_token'] * x['tok_s_mean'] / 1e9) < 1e-6 * x['gb_per_s']
     else:
         assert x['gb_per_s'] is None
