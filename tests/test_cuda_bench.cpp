@@ -1,6 +1,8 @@
 // GPU benchmarks (not a test: runs only with KMQ_CUDA_BENCH=8b, or =tiny for a quick
 // check of the harness; prints a table and, with KMQ_CUDA_BENCH_OUT=FILE, appends it there;
-// KMQ_CUDA_BENCH_PART=shapes or =model runs one half).
+// KMQ_CUDA_BENCH_PART=shapes or =model runs one half; KMQ_CUDA_BENCH_MODES="A=1,B=0;C=0"
+// repeats the batch-1 decode of each model once per ';'-separated mode
+// with those variables set, e.g. KMQ_CUDA_PDL=0;KMQ_CUDA_FUSE=0, to split a gain up).
 //  1. device bandwidth: a read kernel and a copy kernel (16-byte loads, 2 GiB).
 //  2. per-shape matmuls through the backend on the llama-3.1-8b shapes: GEMV at 4.25,
 //     2.25, 1.25 bits per weight; the n=512 tensor-core path at 4.25 bits against raw
@@ -296,17 +298,60 @@ void bench_shapes(const ModelConfig& c, const Bandwidth& bw) {
   cublasDestroy(h);
 }
 
-// KMQ_CUDA_BENCH=profile: a few single matmuls (no graphs) of the q and output shapes at
-// every bit width, for a profiler (ncu -k regex:gemv) to look at.
+// KMQ_CUDA_BENCH=profile: a few single matmuls (no graphs) of the q, k, ffn_down and
+// output shapes at every bit width, for a profiler (ncu -k regex:gemv) to look at.
 void profile_shapes(const ModelConfig& c) {
   auto gpu = make_backend(BackendOptions{"cuda", 0});
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {c.dim, c.dim}, {c.n_kv_heads * c.head_dim, c.dim}, {c.dim, c.ffn_dim}, {c.n_vocab, c.dim}};
   for (int bits : {4, 2, 1})
-    for (int64_t rows : {c.dim, c.n_vocab}) {
-      auto t = test::random_tensor("w", DType::kKmq, rows, c.dim, 9, bits, CodebookScope::kTensor, 64, 64);
+    for (auto [rows, cols] : shapes) {
+      auto t = test::random_tensor("w", DType::kKmq, rows, cols, 9, bits, CodebookScope::kTensor, 64, 64);
       std::vector<WeightId> ws = {gpu->upload(t.ref)};
-      const double sec = time_matmul(*gpu, ws, rows, c.dim, 1, 1);
-      say(fmt::format("profile: {} bits [{}x{}] {:.1f} us", bits, rows, c.dim, sec * 1e6));
+      const double sec = time_matmul(*gpu, ws, rows, cols, 1, 1);
+      say(fmt::format("profile: {} bits [{}x{}] {:.1f} us", bits, rows, cols, sec * 1e6));
     }
+}
+
+// "A=1,B=0" -> {{"A", "1"}, {"B", "0"}}
+std::vector<std::pair<std::string, std::string>> parse_mode(const std::string& m) {
+  std::vector<std::pair<std::string, std::string>> r;
+  size_t i = 0;
+  while (i < m.size()) {
+    size_t j = m.find(',', i);
+    if (j == std::string::npos) j = m.size();
+    const std::string kv = m.substr(i, j - i);
+    if (const size_t e = kv.find('='); e != std::string::npos) r.emplace_back(kv.substr(0, e), kv.substr(e + 1));
+    i = j + 1;
+  }
+  return r;
+}
+
+std::vector<std::string> bench_modes() {
+  std::vector<std::string> modes;
+  const char* e = std::getenv("KMQ_CUDA_BENCH_MODES");
+  const std::string s = e ? e : "";
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(';', i);
+    if (j == std::string::npos) j = s.size();
+    if (j > i) modes.push_back(s.substr(i, j - i));
+    i = j + 1;
+  }
+  return modes;
+}
+
+// Seconds per batch-1 decode token (16-token prompt, 4 warm-up tokens, n timed).
+double decode_seconds(Model& m, const ModelConfig& c, int n) {
+  auto s = m.new_session(1024);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 16; ++i) prompt.push_back(int32_t(1000 + i * 37) % int32_t(c.n_vocab));
+  std::vector<float> logits;
+  s->eval(prompt, &logits, 1);
+  for (int i = 0; i < 4; ++i) s->eval({int32_t(i + 5)}, &logits, 1);
+  const auto t1 = Clock::now();
+  for (int i = 0; i < n; ++i) s->eval({int32_t(i * 13 + 7)}, &logits, 1);
+  return seconds_since(t1) / n;
 }
 
 void bench_model(const ModelConfig& c, const Bandwidth& bw, int bits, bool tiny) {
@@ -324,18 +369,25 @@ void bench_model(const ModelConfig& c, const Bandwidth& bw, int bits, bool tiny)
       say(fmt::format("\n{}-bit model (file written in {:.1f} s): {:.2f} GB read per token ({:.2f} bits/weight "
                       "over the weights read), backend {}",
                       bits, seconds_since(t0), bytes / 1e9, 8 * bytes / n_weights, m->backend_name()));
-    auto s = m->new_session(1024);
-    std::vector<int32_t> prompt;
-    for (int i = 0; i < 16; ++i) prompt.push_back(int32_t(1000 + i * 37) % int32_t(c.n_vocab));
     std::vector<float> logits;
-    s->eval(prompt, &logits, 1);
-    for (int i = 0; i < 4; ++i) s->eval({int32_t(i + 5)}, &logits, 1);
     const int n = tiny ? 8 : 64;
-    const auto t1 = Clock::now();
-    for (int i = 0; i < n; ++i) s->eval({int32_t(i * 13 + 7)}, &logits, 1);
-    const double sec = seconds_since(t1) / n;
+    const double sec = decode_seconds(*m, c, n);
     say(fmt::format("batch-1 decode, CUDA graphs {}: {:.1f} tok/s, {:.0f} GB/s = {:.0f}% of measured read bandwidth",
                     graphs[0] == '1' ? "on " : "off", 1 / sec, bytes / sec / 1e9, 100 * bytes / sec / 1e9 / bw.read));
+    if (graphs[0] == '1') {
+      // the same decode with other backend settings (KMQ_CUDA_BENCH_MODES), the model reloaded
+      for (const std::string& mode : bench_modes()) {
+        const auto kv = parse_mode(mode);
+        for (const auto& [k, v] : kv) ::setenv(k.c_str(), v.c_str(), 1);
+        {
+          auto m2 = Model::load(path, ModelOptions{device, 0});
+          const double s2 = decode_seconds(*m2, c, n);
+          say(fmt::format("batch-1 decode, {}: {:.1f} tok/s, {:.0f}% of read bandwidth ({})", mode, 1 / s2,
+                          100 * bytes / s2 / 1e9 / bw.read, m2->backend_name()));
+        }
+        for (const auto& [k, v] : kv) ::unsetenv(k.c_str());
+      }
+    }
     if (graphs[0] != '1' || bits != 4) continue;
     // prompt processing: 512 tokens into a fresh context (after one warm-up)
     std::vector<int32_t> p512;

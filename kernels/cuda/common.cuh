@@ -1,7 +1,10 @@
 // Shared CUDA helpers: the error-check macro (throws kmq::Error naming file:line), warp
-// reductions, 16-bit float loads. Host-includable: device code is behind __CUDACC__.
+// reductions, 16-bit float loads, programmatic dependent launch (PDL). Host-includable:
+// device code is behind __CUDACC__.
 #pragma once
 #include <cstdint>
+#include <utility>
+
 #include <cuda_runtime.h>
 
 namespace kmq::cuda {
@@ -19,7 +22,44 @@ int sm_count();
 // After a kernel launch: catches bad configurations and missing kernel images.
 #define KMQ_CUDA_LAUNCHED() KMQ_CUDA_CHECK(cudaPeekAtLastError())
 
+// Programmatic dependent launch (sm_90+; docs/PERFORMANCE.md, GPU). A kernel launched with
+// pdl = true may start while the kernel before it on the stream still runs: it may read
+// constant data (weights) at once, but must call pdl_wait() before it reads or writes any
+// activation, and every kernel of this backend calls it in every block (so that a grid's
+// completion implies its predecessors' completion). pdl_trigger() lets the next kernel's
+// blocks be scheduled as soon as every block of this one has passed it. Both are no-ops
+// below sm_90 and in a kernel launched without the attribute.
 #ifdef __CUDACC__
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, block, smem, st>>>(args...), with the programmatic-serialization
+// attribute when pdl (the caller passes pdl only on sm_90+ and only when the previous work
+// on the stream is a kernel of this backend). Checks the launch.
+template <typename... KArgs, typename... Args>
+void launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl,
+                   Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  KMQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -80,6 +80,8 @@ __global__ void __launch_bounds__(kLutWarps * 32, 4) gemv_kmq_kernel(CudaWeight 
   int64_t p = int64_t(blockIdx.x) * kLutWarps + warp;
   int k = 0;
   if (p < n_pairs) load(cur, csc, p, 0);
+  pdl_wait();  // x is the previous kernel's output (common.cuh: PDL)
+  pdl_trigger();
 
   // Stage x once per block, padded so that lane l's float4 reads of its own sub-chunk
   // (address l*36 + 4q) fall in distinct banks within each quarter-warp.
@@ -311,6 +313,8 @@ __device__ __forceinline__ void unpack8<F16Tag>(const uint4& v, float* f) {
 template <typename Tag, int NT>
 __global__ void __launch_bounds__(kWarps * 32) gemv_half_kernel(CudaWeight w, const float* __restrict__ x, int64_t ldx,
                                                                 float* __restrict__ y, int64_t ldy) {
+  pdl_wait();
+  pdl_trigger();
   const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
   const int64_t r0 = (int64_t(blockIdx.x) * kWarps + warp) * kRows;
   if (r0 >= w.rows) return;
@@ -352,6 +356,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_half_kernel(CudaWeight w, co
 // One warp per row, one element at a time: any dtype and layout.
 __global__ void gemv_any_kernel(CudaWeight w, const float* __restrict__ x, int64_t ldx, int64_t n_tok,
                                 float* __restrict__ y, int64_t ldy) {
+  pdl_wait();
+  pdl_trigger();
   const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
   const int64_t r = int64_t(blockIdx.x) * kWarps + warp;
   if (r >= w.rows) return;
@@ -382,7 +388,8 @@ bool l2_prefetch() {
 }
 
 template <int B, int NT, int SCOPE>
-void launch_kmq_scope(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st) {
+void launch_kmq_scope(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st,
+                      bool pdl) {
   static const bool raised = [] {  // once per instantiation, before any graph capture
     KMQ_CUDA_CHECK(cudaFuncSetAttribute(gemv_kmq_kernel<B, NT, SCOPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         kMaxSmem));
@@ -399,26 +406,27 @@ void launch_kmq_scope(const CudaWeight& w, const float* x, int64_t ldx, float* y
                                                                kLutWarps * 32, smem));
   const int64_t need = (w.rows + kLutWarps * kRows - 1) / (kLutWarps * kRows);
   const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(n_sm) * std::max(per_sm, 1))));
-  gemv_kmq_kernel<B, NT, SCOPE><<<grid, kLutWarps * 32, smem, st>>>(w, x, ldx, y, ldy, l2_prefetch());
+  launch_kernel(gemv_kmq_kernel<B, NT, SCOPE>, dim3(grid), dim3(kLutWarps * 32), smem, st, pdl, w, x, ldx, y, ldy,
+                l2_prefetch());
 }
 
 template <int B, int NT>
-void launch_kmq(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st) {
+void launch_kmq(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st, bool pdl) {
   switch (w.scope) {
-    case kScopeTensor: launch_kmq_scope<B, NT, kScopeTensor>(w, x, ldx, y, ldy, st); break;
-    case kScopeRow: launch_kmq_scope<B, NT, kScopeRow>(w, x, ldx, y, ldy, st); break;
-    default: launch_kmq_scope<B, NT, kScopeGroup>(w, x, ldx, y, ldy, st); break;
+    case kScopeTensor: launch_kmq_scope<B, NT, kScopeTensor>(w, x, ldx, y, ldy, st, pdl); break;
+    case kScopeRow: launch_kmq_scope<B, NT, kScopeRow>(w, x, ldx, y, ldy, st, pdl); break;
+    default: launch_kmq_scope<B, NT, kScopeGroup>(w, x, ldx, y, ldy, st, pdl); break;
   }
-  KMQ_CUDA_LAUNCHED();
 }
 
 template <int NT>
-void launch_kmq_bits(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st) {
+void launch_kmq_bits(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, cudaStream_t st,
+                     bool pdl) {
   switch (w.bits) {
-    case 1: launch_kmq<1, NT>(w, x, ldx, y, ldy, st); break;
-    case 2: launch_kmq<2, NT>(w, x, ldx, y, ldy, st); break;
-    case 3: launch_kmq<3, NT>(w, x, ldx, y, ldy, st); break;
-    default: launch_kmq<4, NT>(w, x, ldx, y, ldy, st); break;
+    case 1: launch_kmq<1, NT>(w, x, ldx, y, ldy, st, pdl); break;
+    case 2: launch_kmq<2, NT>(w, x, ldx, y, ldy, st, pdl); break;
+    case 3: launch_kmq<3, NT>(w, x, ldx, y, ldy, st, pdl); break;
+    default: launch_kmq<4, NT>(w, x, ldx, y, ldy, st, pdl); break;
   }
 }
 
@@ -441,6 +449,7 @@ bool gemv_half_supported(const CudaWeight& w, const float* x, int64_t ldx) {
 // above), q8fast (the same with x in one int8 plane) or f32 (never the integer kernel).
 // Measured on an H200 (docs/PERFORMANCE.md, GPU): 1.4-2.0x the f32 kernel on the output
 // layer, the same greedy tokens and perplexity end to end.
+
 int q8_planes() {  // 0: f32 kernel only
   static const int planes = [] {
     const char* e = std::getenv("KMQ_CUDA_GEMV");
@@ -451,46 +460,40 @@ int q8_planes() {  // 0: f32 kernel only
 }
 
 void gemv_kmq_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
-                   cudaStream_t st) {
+                   cudaStream_t st, bool pdl) {
   if (const int planes = q8_planes(); planes > 0 && gemv_q8_supported(w, x, ldx)) {
-    gemv_q8_cuda(w, x, ldx, n_tok, y, ldy, planes, st);
+    gemv_q8_cuda(w, x, ldx, n_tok, y, ldy, planes, st, pdl);
     return;
   }
   const bool two_fit = 2 * ((w.cols + 31) / 32) * kXPad * 4 <= 100 * 1024;  // keep 2 blocks per SM
   for (int64_t t = 0; t < n_tok;) {
     if (n_tok - t >= 2 && two_fit) {
-      launch_kmq_bits<2>(w, x + t * ldx, ldx, y + t * ldy, ldy, st);
+      launch_kmq_bits<2>(w, x + t * ldx, ldx, y + t * ldy, ldy, st, pdl);
       t += 2;
     } else {
-      launch_kmq_bits<1>(w, x + t * ldx, ldx, y + t * ldy, ldy, st);
+      launch_kmq_bits<1>(w, x + t * ldx, ldx, y + t * ldy, ldy, st, pdl);
       t += 1;
     }
   }
 }
 
 void gemv_half_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
-                    cudaStream_t st) {
+                    cudaStream_t st, bool pdl) {
   const unsigned grid = unsigned((w.rows + kWarps * kRows - 1) / (kWarps * kRows));
   for (int64_t t = 0; t < n_tok; t += kMaxTok) {
     const float* xt = x + t * ldx;
     float* yt = y + t * ldy;
     const bool two = n_tok - t >= 2;
-    if (w.dtype == kDtBF16) {
-      if (two) gemv_half_kernel<Bf16Tag, 2><<<grid, kWarps * 32, 0, st>>>(w, xt, ldx, yt, ldy);
-      else gemv_half_kernel<Bf16Tag, 1><<<grid, kWarps * 32, 0, st>>>(w, xt, ldx, yt, ldy);
-    } else {
-      if (two) gemv_half_kernel<F16Tag, 2><<<grid, kWarps * 32, 0, st>>>(w, xt, ldx, yt, ldy);
-      else gemv_half_kernel<F16Tag, 1><<<grid, kWarps * 32, 0, st>>>(w, xt, ldx, yt, ldy);
-    }
-    KMQ_CUDA_LAUNCHED();
+    auto* k = w.dtype == kDtBF16 ? (two ? gemv_half_kernel<Bf16Tag, 2> : gemv_half_kernel<Bf16Tag, 1>)
+                                 : (two ? gemv_half_kernel<F16Tag, 2> : gemv_half_kernel<F16Tag, 1>);
+    launch_kernel(k, dim3(grid), dim3(kWarps * 32), 0, st, pdl, w, xt, ldx, yt, ldy);
   }
 }
 
 void gemv_any_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
-                   cudaStream_t st) {
+                   cudaStream_t st, bool pdl) {
   const unsigned grid = unsigned((w.rows + kWarps - 1) / kWarps);
-  gemv_any_kernel<<<grid, kWarps * 32, 0, st>>>(w, x, ldx, n_tok, y, ldy);
-  KMQ_CUDA_LAUNCHED();
+  launch_kernel(gemv_any_kernel, dim3(grid), dim3(kWarps * 32), 0, st, pdl, w, x, ldx, n_tok, y, ldy);
 }
 
 void dequant_f16_cuda(const CudaWeight& w, int64_t r0, int64_t n_rows, uint16_t* out, cudaStream_t st) {

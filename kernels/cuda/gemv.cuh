@@ -14,8 +14,10 @@
 //    It serves what the integer kernel below does not take (3 bits, per-row and per-group
 //    codebooks, 32-weight scale blocks, KMQ_CUDA_GEMV=f32) and spends 7-9 instructions
 //    per weight (docs/PERFORMANCE.md, GPU).
-//  - gemv_q8_cuda (gemv_q8.cu): tensor-scope codebooks at 1, 2, 4 bits with dp4a on int8
-//    planes of x and of the codebook; the default where it applies.
+//  - gemv_q8_cuda / gemv_q8_job_cuda (gemv_q8.cu): tensor-scope codebooks at 1, 2, 4 bits
+//    with dp4a on int8 planes of x and of the codebook; the default where it applies; a
+//    job fuses the decode path's RMSNorm, q/k/v or gate/up, SwiGLU and residual add.
+//  Launchers take pdl: programmatic dependent launch (common.cuh).
 //  - gemv_half_cuda: f16 / bf16 weights with cols % 8 == 0 (16-byte loads).
 //  - gemv_any_cuda: any weight and layout, one element at a time (reference speed).
 // Measured numbers: docs/PERFORMANCE.md, section GPU.
@@ -31,17 +33,49 @@ bool gemv_kmq_supported(const CudaWeight& w, const float* x, int64_t ldx);
 bool gemv_half_supported(const CudaWeight& w, const float* x, int64_t ldx);
 
 void gemv_kmq_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
-                   cudaStream_t stream);
+                   cudaStream_t stream, bool pdl = false);
+// The x planes the integer kernel uses under KMQ_CUDA_GEMV (2: default, 1: q8fast, 0: f32,
+// the integer kernel off).
+int q8_planes();
 // The integer (dp4a) kernel of gemv_q8.cu: tensor-scope codebooks at 1, 2, 4 bits in the
 // fast layout, scale block 0 or 64 * 2^k; x quantized per 64 columns in x_planes (1 or 2)
 // int8 planes. gemv_kmq_cuda uses it where it applies unless KMQ_CUDA_GEMV=f32.
 bool gemv_q8_supported(const CudaWeight& w, const float* x, int64_t ldx);
 void gemv_q8_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
-                  int x_planes, cudaStream_t stream);
+                  int x_planes, cudaStream_t stream, bool pdl = false);
+
+// One launch of the integer kernel over up to 3 weights that read the same x (the decode
+// path's q/k/v, gate/up), with optional fusions (docs/PERFORMANCE.md, GPU):
+//  - norm_g: x is RMS-normalised on the fly, x' = x / rms(x) * g (each block computes the
+//    norm of the whole row); norm_out (if set) receives x' in f32 ([n_tok][cols]).
+//  - resid (n_w == 1): resid[t*ldr + r] += y[t*ldy + r] as well (the residual add).
+//  - swiglu_out (n_w == 2: gate, up, equal rows): out[t*ldy + r] = silu(g) * u as well;
+//    y[0] (gate) is not written when it is swiglu_out itself.
+// Every y[i] is written ([n_tok][ldy[i]]). Weights must satisfy gemv_q8_supported and
+// gemv_q8_same_geometry with w[0]; x (raw, before the norm) 16-byte aligned, ldx % 4 == 0.
+struct Q8Job {
+  int n_w = 1;
+  CudaWeight w[3];
+  float* y[3] = {nullptr, nullptr, nullptr};
+  int64_t ldy[3] = {0, 0, 0};
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  int64_t n_tok = 1;
+  const float* norm_g = nullptr;
+  float norm_eps = 0.0f;
+  float* norm_out = nullptr;
+  float* resid = nullptr;
+  int64_t ldr = 0;
+  float* swiglu_out = nullptr;
+  int trigger = 0;          // PDL trigger: 0 after the wait, 1 after staging x, 2 at each warp's last step
+};
+bool gemv_q8_same_geometry(const CudaWeight& a, const CudaWeight& b);
+void gemv_q8_job_cuda(const Q8Job& job, int x_planes, cudaStream_t stream, bool pdl);
+
 void gemv_half_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
-                    cudaStream_t stream);
+                    cudaStream_t stream, bool pdl = false);
 void gemv_any_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
-                   cudaStream_t stream);
+                   cudaStream_t stream, bool pdl = false);
 
 // out[(r - r0) * cols + j] = f16(w[r][j]) for r in [r0, r0 + n_rows): the tile source of
 // the tensor-core path (cuBLAS f16 GEMM on dequantized row slabs).

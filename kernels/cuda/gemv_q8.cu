@@ -8,8 +8,8 @@
 // (132 SMs x 4 schedulers x 32 lanes at ~3 IPC of 4). Here:
 //  - x is quantized per block of 64 columns to int8, in XP planes: x ~= dx * (xh + xl/254)
 //    (XP = 2: about 16 bits, f32-like results; XP = 1: like llama.cpp's q8_1), by all
-//    threads of a block at once (16 threads per block of 64 columns, shuffles for the
-//    absmax), stored in shared memory in the order each decoder consumes it;
+//    threads of a block at once (a thread per 16-byte word of the layout, 4 lanes per
+//    block of 64 columns), stored in shared memory in the order each decoder consumes it;
 //  - the codebook (2 and 4 bits) is int8 in two planes, c ~= dcb * (ch + cl/254), so it
 //    is exact to about 16 bits (one plane moved logits of the bundled 4-bit model by up
 //    to 0.12); at 1 bit the dot is c0 * sum(x) + (c1 - c0) * (sum of x at set bits);
@@ -23,16 +23,28 @@
 //    version on the output layer: loads, loop and epilogue add the rest);
 //  - integer dots per block of 64 columns (exact: |sum| < 2^21), then one float
 //    multiply-add per block with the row's block scale and x's block scale.
-// Work split (as the f32 kernel): a persistent grid, each warp owns groups of R rows (4
-// at 1-2 bits, 2 at 4 bits; "pairs" below), each
+// Work split (as the f32 kernel): a persistent grid, each warp owns items of R rows (2 at
+// 4 bits; 4 at 1-2 bits, 2 where the 2-row items still fit the GPU at once: a small
+// matrix takes one warp's instruction path, ~7 cycles per instruction), each
 // lane a "lane step" of 16 bytes per row at 1-2 bits (128 / 64 columns) and 32 bytes at
 // 4 bits (64 columns); the next item's words and scales are loaded before the current
 // one is computed, across row boundaries too. x for lane step i is read as 16-byte words
 // q at [q][i] (consecutive lanes, consecutive words: no bank conflicts).
+// Jobs (Q8Job, gemv.cuh): one launch covers up to 3 weights that read the same x (items
+// are numbered over the weights in turn; a warp takes its codebook table from shared
+// memory when its item moves to another weight), or a gate/up pair whose items hold R/2
+// rows of each (so the warp that finishes a row of both writes silu(g)*u). The input may
+// be RMS-normalised during the staging of x (every block computes the norm: an 8B
+// model's RMSNorm launches disappear) and the output added into a residual. Launched
+// with PDL, the first item's weights and scales are loaded before griddepcontrol.wait,
+// i.e. while the previous kernel still runs.
 // Constraints: scale block 0 or 64 * 2^k; x 16-byte aligned. Measured on an H200
-// (llama-3.1-8b shapes, 4334 GB/s read): the output layer at 54% / 54% / 40% of the
-// bandwidth at 4.25 / 2.25 / 1.25 bits (the kernels before it: 37% / 34% / 19%); matrices of
-// <= 14336 rows at 2-32%, bound by per-matmul latency. docs/PERFORMANCE.md, GPU.
+// (llama-3.1-8b shapes, ~4480 GB/s read, 100 chained matmuls with PDL): the output layer
+// at 51% / 53% / 38% of the bandwidth at 4.25 / 2.25 / 1.25 bits; q/o [4096 x 4096] in
+// 7.8 / 6.7 / 6.8 us, ffn_down in 20.7 / 18.9 / 18.4 us: per-matmul latency (one warp's
+// path through staging and its rows) and, at 4 bits, the 16-lane integer pipe bound it.
+// Tried and dropped: bulk L2 prefetch of each warp's next rows (output layer 120 -> 144
+// us at 4 bits). docs/PERFORMANCE.md, GPU.
 #include <algorithm>
 
 #include "kernels/cuda/gemv.cuh"
@@ -45,11 +57,28 @@ constexpr int kMaxSmemQ8 = 200 * 1024;
 
 template <int B>
 struct Q8Geom {
-  static constexpr int R = B == 4 ? 2 : 4;           // rows per warp item
+  static constexpr int R = B == 4 ? 2 : 4;           // rows per warp item (1-2 bits: 2 for small matrices)
   static constexpr int W = B == 4 ? 8 : 4;           // 32-bit words per lane step per row
   static constexpr int G = B == 1 ? 2 : 1;           // 64-column blocks per lane step
   static constexpr int N4 = 4 * G;                   // 16-byte x words per lane step per plane
 };
+
+// Items of a job: SWI (gate/up pairs): ceil(rows / (R/2)); else the weights' row groups of
+// R in turn. cum[i]: first item of weight i.
+template <int R, bool SWI>
+__host__ __device__ __forceinline__ int q8_items(const Q8Job& j, int* cum1, int* cum2) {
+  if constexpr (SWI) {
+    *cum1 = *cum2 = 0;
+    return int((j.w[0].rows + R / 2 - 1) / (R / 2));
+  } else {
+    const int p0 = int((j.w[0].rows + R - 1) / R);
+    const int p1 = j.n_w > 1 ? int((j.w[1].rows + R - 1) / R) : 0;
+    const int p2 = j.n_w > 2 ? int((j.w[2].rows + R - 1) / R) : 0;
+    *cum1 = p0;
+    *cum2 = p0 + p1;
+    return p0 + p1 + p2;
+  }
+}
 
 // Where the decoder of B-bit words expects x for column o of a lane step (byte offset
 // within the lane step's 64*G bytes): see the decoders below.
@@ -67,6 +96,9 @@ __device__ __forceinline__ int q8_pos(int o) {
   }
 }
 
+// x into L1 ahead of its use (no register needed).
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
 __device__ __forceinline__ int dp4a_s(uint32_t a, uint32_t b, int c) { return __dp4a(int(a), int(b), c); }
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {  // one PRMT, no masking
   uint32_t d;
@@ -74,145 +106,310 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {  
   return d;
 }
 
-template <int B, int NT, int XP>
-__global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
-    gemv_q8_kernel(CudaWeight w, const float* __restrict__ x, int64_t ldx, float* __restrict__ y, int64_t ldy,
-                   int sb_shift) {
-  using Gm = Q8Geom<B>;
-  constexpr int W = Gm::W, G = Gm::G, N4 = Gm::N4, kRowsQ8 = Gm::R;
-  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
-  const int row_words = int(w.row_words), n_ls = row_words / W;  // lane steps per row
-  const int nblk = n_ls * G;                                       // 64-column blocks (padded)
-  const int cols = int(w.cols);
-  // shared memory: xq [NT][XP][N4][n_ls] uint4, then dx [NT][nblk], sx [NT][nblk] floats
-  extern __shared__ uint4 q8sm[];
-  float* dxs = reinterpret_cast<float*>(q8sm + size_t(NT) * XP * N4 * n_ls);
-  float* sxs = dxs + NT * nblk;
-  const int64_t n_pairs = (w.rows + kRowsQ8 - 1) / kRowsQ8;
-  const int nsteps = (n_ls + 31) / 32;
-  const int64_t pstride = int64_t(gridDim.x) * kWarpsQ8;
-  const uint32_t* data = static_cast<const uint32_t*>(w.data);
-  const int n_sb = int(w.n_scale_blocks());
-  const bool has_sc = w.scales != nullptr;
-
-  uint32_t cur[kRowsQ8][W], nxt[kRowsQ8][W];
-  uint16_t csc[kRowsQ8][G], nsc[kRowsQ8][G];
-  auto load = [&](uint32_t (&dst)[kRowsQ8][W], uint16_t (&dsc)[kRowsQ8][G], int64_t pair, int step) {
-    const int i = step * 32 + lane;
-#pragma unroll
-    for (int r = 0; r < kRowsQ8; ++r) {
-      const int64_t row = pair * kRowsQ8 + r;
-      const bool ok = row < w.rows && i < n_ls;
-      const uint4* p = reinterpret_cast<const uint4*>(data + row * row_words + i * W);
-#pragma unroll
-      for (int h = 0; h < W / 4; ++h) {
-        const uint4 v = ok ? __ldg(p + h) : make_uint4(0, 0, 0, 0);
-        dst[r][4 * h] = v.x, dst[r][4 * h + 1] = v.y, dst[r][4 * h + 2] = v.z, dst[r][4 * h + 3] = v.w;
-      }
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const int blk = i * G + g;
-        dsc[r][g] = has_sc && ok && blk * 64 < cols ? __ldg(w.scales + row * n_sb + (blk >> sb_shift)) : uint16_t(0);
-      }
-    }
-  };
-  int64_t p = int64_t(blockIdx.x) * kWarpsQ8 + warp;
-  int k = 0;
-  if (p < n_pairs) load(cur, csc, p, 0);  // goes out before x is staged
-
-  // the codebook: c0, c1 (1 bit, exact) or two int8 planes (2, 4 bits)
+// The codebook of one weight as the decoders use it: two int8 planes th (high), tl (low)
+// with c ~= dcb * (th + tl/254) at 2 and 4 bits; c0, c1 exactly at 1 bit.
+template <int B>
+__device__ void q8_table(const float* cbk, uint32_t* th, uint32_t* tl, float* f) {
   constexpr int K = 1 << B;
   float cmax = 0.0f;
 #pragma unroll
-  for (int e = 0; e < K; ++e) cmax = fmaxf(cmax, fabsf(__ldg(w.codebooks + e)));
-  const float dcb = B == 1 ? 1.0f : cmax / 127.0f, icb = cmax > 0.0f ? 127.0f / cmax : 0.0f;
-  const float c0 = __ldg(w.codebooks), c1 = __ldg(w.codebooks + 1);
-  uint32_t th[4] = {0, 0, 0, 0}, tl[4] = {0, 0, 0, 0};
+  for (int e = 0; e < K; ++e) cmax = fmaxf(cmax, fabsf(__ldg(cbk + e)));
+  const float icb = cmax > 0.0f ? 127.0f / cmax : 0.0f;
+  f[0] = B == 1 ? 1.0f : cmax / 127.0f;
+  f[1] = __ldg(cbk);
+  f[2] = __ldg(cbk + 1);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) th[e] = tl[e] = 0;
   if constexpr (B != 1) {
 #pragma unroll
     for (int e = 0; e < K; ++e) {
-      const float f = __ldg(w.codebooks + e) * icb;
-      const int qh = __float2int_rn(f);
-      const int ql = min(127, max(-127, __float2int_rn((f - float(qh)) * 254.0f)));
+      const float v = __ldg(cbk + e) * icb;
+      const int qh = __float2int_rn(v);
+      const int ql = min(127, max(-127, __float2int_rn((v - float(qh)) * 254.0f)));
       th[e >> 2] |= uint32_t(qh & 0xff) << (8 * (e & 3));
       tl[e >> 2] |= uint32_t(ql & 0xff) << (8 * (e & 3));
     }
   }
+}
 
-  // Stage x: thread f handles columns 4f..4f+3; the 16 threads of a 64-column block are
-  // 16 consecutive lanes (absmax and sums by shuffles).
-  uint8_t* xb = reinterpret_cast<uint8_t*>(q8sm);
-  const int n4x = nblk * 16;  // float4 slots per token (padded columns read as 0)
-  // kU float4 loads per thread are issued before any is used (x comes from L2: one round
-  // trip for a 4096-wide x instead of four, two for 14336).
-  constexpr int kU = 4;
-  const int n_f = NT * n4x;  // a multiple of 32: every warp is wholly in or out of range
-  for (int f0 = int(threadIdx.x); f0 < n_f; f0 += kU * int(blockDim.x)) {
-    float v[kU][4];
+template <int B, int NT, int XP, bool SWI, int R>
+__global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
+    gemv_q8_kernel(const Q8Job job, int sb_shift) {
+  using Gm = Q8Geom<B>;
+  constexpr int W = Gm::W, G = Gm::G, N4 = Gm::N4, RH = R / 2;
+  constexpr int NTAB = SWI ? 2 : 1;  // codebook tables a warp holds in registers
+  const CudaWeight& w0 = job.w[0];
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31);
+  const int row_words = int(w0.row_words), n_ls = row_words / W;  // lane steps per row
+  const int nblk = n_ls * G;                                        // 64-column blocks (padded)
+  const int cols = int(w0.cols);
+  // shared memory: xq [NT][XP][N4][n_ls] uint4, then dx [NT][nblk], sx [NT][nblk] floats
+  extern __shared__ uint4 q8sm[];
+  __shared__ uint32_t s_tab[3][8];  // per weight: th[4], tl[4]
+  __shared__ float s_cbf[3][4];     // per weight: dcb, c0, c1
+  __shared__ float s_red[NT][kWarpsQ8];
+  float* dxs = reinterpret_cast<float*>(q8sm + size_t(NT) * XP * N4 * n_ls);
+  float* sxs = dxs + NT * nblk;
+  int cum1 = 0, cum2 = 0;
+  const int n_items = q8_items<R, SWI>(job, &cum1, &cum2);
+  const int nsteps = (n_ls + 31) / 32;
+  const int pstride = int(gridDim.x) * kWarpsQ8;
+  const int n_sb = int(w0.n_scale_blocks());
+  const bool has_sc = w0.scales != nullptr;
+
+  // item p -> weight wi and its first row r0 (SWI: rows r0.. of both gate and up)
+  auto item_of = [&](int p, int& wi, int& r0) {
+    if constexpr (SWI) {
+      wi = 0;
+      r0 = p * RH;
+    } else {
+      wi = p < cum1 ? 0 : p < cum2 ? 1 : 2;
+      r0 = (p - (wi == 0 ? 0 : wi == 1 ? cum1 : cum2)) * R;
+    }
+  };
+  auto data_of = [&](int wi) {
+    return static_cast<const uint32_t*>(wi == 0 ? job.w[0].data : wi == 1 ? job.w[1].data : job.w[2].data);
+  };
+  auto scales_of = [&](int wi) { return wi == 0 ? job.w[0].scales : wi == 1 ? job.w[1].scales : job.w[2].scales; };
+  auto rows_of = [&](int wi) { return wi == 0 ? job.w[0].rows : wi == 1 ? job.w[1].rows : job.w[2].rows; };
+
+  // an item's words, and its block scales (the G 16-bit scales of a lane step in one word)
+  uint32_t cur[R][W], nxt[R][W];
+  uint32_t csc[R], nsc[R];
+  auto load = [&](uint32_t (&dst)[R][W], uint32_t (&dsc)[R], int p, int step) {
+    const int i = step * 32 + lane;
+    int wi, r0;
+    item_of(p, wi, r0);
+    const uint32_t* data = data_of(wi);
+    const uint16_t* scl = scales_of(wi);
+    const int64_t rows = rows_of(wi);
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int f = f0 + u * int(blockDim.x);
-      const int t = f / n4x, c = (f - t * n4x) * 4;
-      if (f < n_f && c + 4 <= cols) {
-        const float4 q = __ldg(reinterpret_cast<const float4*>(x + t * ldx + c));
-        v[u][0] = q.x, v[u][1] = q.y, v[u][2] = q.z, v[u][3] = q.w;
-      } else {
+    for (int r = 0; r < R; ++r) {
+      int row = r0 + r;
+      const uint32_t* d = data;
+      const uint16_t* s = scl;
+      if constexpr (SWI) {
+        row = r0 + (r % RH);
+        d = static_cast<const uint32_t*>(r < RH ? job.w[0].data : job.w[1].data);
+        s = r < RH ? job.w[0].scales : job.w[1].scales;
+      }
+      const bool ok = row < rows && i < n_ls;
+      const uint4* q = reinterpret_cast<const uint4*>(d + int64_t(row) * row_words + i * W);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) v[u][e] = f < n_f && c + e < cols ? x[t * ldx + c + e] : 0.0f;
+      for (int h = 0; h < W / 4; ++h) {
+        const uint4 v = ok ? __ldg(q + h) : make_uint4(0, 0, 0, 0);
+        dst[r][4 * h] = v.x, dst[r][4 * h + 1] = v.y, dst[r][4 * h + 2] = v.z, dst[r][4 * h + 3] = v.w;
+      }
+      dsc[r] = 0;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const int blk = i * G + g;
+        if (has_sc && ok && blk * 64 < cols)
+          dsc[r] |= uint32_t(__ldg(s + int64_t(row) * n_sb + (blk >> sb_shift))) << (16 * g);
       }
     }
+  };
+  int p = int(blockIdx.x) * kWarpsQ8 + warp;
+  int k = 0;
+  if (p < n_items) load(cur, csc, p, 0);  // constant data: goes out before the wait below
+
+  // the codebook tables of the job's weights, into shared memory (constant data too)
+  if (warp == 0 && lane < job.n_w) {
+    const float* cbk = lane == 0 ? job.w[0].codebooks : lane == 1 ? job.w[1].codebooks : job.w[2].codebooks;
+    q8_table<B>(cbk, s_tab[lane], s_tab[lane] + 4, s_cbf[lane]);
+  }
+
+  // From here on activations are read and written: wait for the previous kernel (PDL).
+  pdl_wait();
+  if (job.trigger == 0) pdl_trigger();
+
+  // Stage x. Unit f (of NT * N4 * n_ls) is one 16-byte word of one plane of the layout
+  // the decoders read (xq[t][pl][q][i]: 16 columns, see q8_pos); a thread quantizes a
+  // whole unit: 4 float4 loads, the 64-column block's absmax over 4 consecutive lanes.
+  // (The former staging, one float4 per thread with byte stores, integer divisions and
+  // 12 shuffles per float4, was ~600 instructions per thread: the longest part of a
+  // small matmul's critical path.)
+  const float* x = job.x;
+  const int64_t ldx = job.ldx;
+  const bool norm = job.norm_g != nullptr;
+  const int n_unit_tok = N4 * n_ls, n_unit = NT * n_unit_tok;  // multiples of 32
+  // columns of unit u (token t): 4 float4 at c + 4j (bits 2, 4) or c + 8j (bit 1)
+  auto unit_of = [&](int f, int& t, int& q, int& i) {
+    t = NT == 2 && f >= n_unit_tok ? 1 : 0;
+    const int u = f - t * n_unit_tok;
+    q = u & (N4 - 1);
+    i = u / N4;
+  };
+  auto unit_col = [&](int q, int i, int j) {
+    return B == 1 ? 128 * i + 32 * (q >> 1) + 4 * (q & 1) + 8 * j : 64 * i + 16 * q + 4 * j;
+  };
+  auto load_unit = [&](int t, int q, int i, float (&v)[4][4]) {
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int f = f0 + u * int(blockDim.x);
-      if (f < n_f) {  // uniform per warp
-        const int t = f / n4x, c = (f - t * n4x) * 4, blk = c >> 6;
-        float amax = fmaxf(fmaxf(fabsf(v[u][0]), fabsf(v[u][1])), fmaxf(fabsf(v[u][2]), fabsf(v[u][3])));
+    for (int j = 0; j < 4; ++j) {
+      const int c = unit_col(q, i, j);
+      const float4 a = c < cols ? __ldg(reinterpret_cast<const float4*>(x + t * ldx + c)) : make_float4(0, 0, 0, 0);
+      v[j][0] = a.x, v[j][1] = a.y, v[j][2] = a.z, v[j][3] = a.w;
+    }
+  };
+  // x of the units after each thread's first into L1 now (a 14336-wide x is 3.5 units
+  // per thread; each would otherwise wait a full L2 round trip)
+  for (int f = int(threadIdx.x) + int(blockDim.x); f < n_unit; f += int(blockDim.x)) {
+    int t, q, i;
+    unit_of(f, t, q, i);
+    if (unit_col(q, i, 0) < cols) prefetch_l1(x + t * ldx + unit_col(q, i, 0));
+    if (B == 1 && unit_col(q, i, 3) < cols) prefetch_l1(x + t * ldx + unit_col(q, i, 3));
+  }
+  // RMSNorm of the input (norm_g set): the sum of squares of each token's row, block-wide.
+  float inv[NT];
 #pragma unroll
-        for (int o = 8; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f, d = amax / 127.0f;
-        int sh = 0, sl = 0;
-        const int i = c / (64 * G), o0 = c - i * (64 * G);
+  for (int t = 0; t < NT; ++t) inv[t] = 1.0f;
+  if (norm) {
+    float ss[NT];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float fv = v[u][e] * inv;
-          const int qh = __float2int_rn(fv);
-          const int pos = q8_pos<B>(o0 + e);
-          const int q = pos >> 4, byte = pos & 15;
-          xb[((size_t(t * XP) * N4 + q) * n_ls + i) * 16 + byte] = uint8_t(qh & 0xff);
-          sh += qh;
-          if constexpr (XP == 2) {
-            const int ql = min(127, max(-127, __float2int_rn((fv - float(qh)) * 254.0f)));
-            xb[((size_t(t * XP + 1) * N4 + q) * n_ls + i) * 16 + byte] = uint8_t(ql & 0xff);
-            sl += ql;
-          }
-        }
+    for (int t = 0; t < NT; ++t) ss[t] = 0.0f;
+    for (int f = int(threadIdx.x); f < n_unit; f += int(blockDim.x)) {  // no shuffles inside
+      int t, q, i;
+      unit_of(f, t, q, i);
+      float v[4][4];
+      load_unit(t, q, i, v);
+      float s2 = 0.0f;
 #pragma unroll
-        for (int o = 8; o > 0; o >>= 1) {
-          sh += __shfl_xor_sync(0xffffffffu, sh, o);
-          if constexpr (XP == 2) sl += __shfl_xor_sync(0xffffffffu, sl, o);
-        }
-        if ((threadIdx.x & 15) == 0) {
-          dxs[t * nblk + blk] = d;
-          sxs[t * nblk + blk] = d * (float(sh) + float(sl) * (1.0f / 254.0f));
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s2 = fmaf(v[j][e], v[j][e], s2);
+#pragma unroll
+      for (int tt = 0; tt < NT; ++tt)
+        if (tt == t) ss[tt] += s2;
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float v = warp_sum(ss[t]);
+      if (lane == 0) s_red[t][warp] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      float v = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kWarpsQ8; ++i) v += s_red[t][i];
+      inv[t] = rsqrtf(v / float(cols) + job.norm_eps);
+    }
+  }
+  float* norm_out = blockIdx.x == 0 ? job.norm_out : nullptr;
+  // n_unit is a multiple of 8, not of 32: every lane takes each round (the shuffles need
+  // the whole warp); a 64-column block's 4 lanes are all in or all out
+  for (int f0 = 0; f0 < n_unit; f0 += int(blockDim.x)) {
+    const int f = f0 + int(threadIdx.x);
+    const bool act = f < n_unit;
+    int t, q, i;
+    unit_of(act ? f : 0, t, q, i);
+    float v[4][4];
+    if (act) {
+      load_unit(t, q, i, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[j][e] = 0.0f;
+    }
+    if (norm && act) {
+      float iv = inv[0];
+#pragma unroll
+      for (int tt = 1; tt < NT; ++tt)
+        if (tt == t) iv = inv[tt];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int c = unit_col(q, i, j);
+        if (c < cols) {
+          const float4 g = __ldg(reinterpret_cast<const float4*>(job.norm_g + c));
+          v[j][0] = v[j][0] * iv * g.x, v[j][1] = v[j][1] * iv * g.y;
+          v[j][2] = v[j][2] * iv * g.z, v[j][3] = v[j][3] * iv * g.w;
+          if (norm_out) *reinterpret_cast<float4*>(norm_out + t * cols + c) = make_float4(v[j][0], v[j][1], v[j][2], v[j][3]);
         }
       }
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) amax = fmaxf(amax, fabsf(v[j][e]));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    const float iq = amax > 0.0f ? 127.0f / amax : 0.0f, d = amax / 127.0f;
+    uint32_t wh[4] = {0, 0, 0, 0}, wl[4] = {0, 0, 0, 0};
+    int sh = 0, sl = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        // byte of the unit that column (j, e) goes to (q8_pos within one 16-byte word)
+        const int r = 4 * j + e, n = r >> 1;
+        const int byte = B == 4 ? r : B == 2 ? (((r & 1) * 2 + (n >> 2)) * 4 + (n & 3)) : 4 * e + j;
+        const float fv = v[j][e] * iq;
+        const int qh = __float2int_rn(fv);
+        wh[byte >> 2] |= uint32_t(qh & 0xff) << (8 * (byte & 3));
+        sh += qh;
+        if constexpr (XP == 2) {
+          const int ql = min(127, max(-127, __float2int_rn((fv - float(qh)) * 254.0f)));
+          wl[byte >> 2] |= uint32_t(ql & 0xff) << (8 * (byte & 3));
+          sl += ql;
+        }
+      }
+    if (act) {
+      q8sm[(size_t(t * XP) * N4 + q) * n_ls + i] = make_uint4(wh[0], wh[1], wh[2], wh[3]);
+      if constexpr (XP == 2) q8sm[(size_t(t * XP + 1) * N4 + q) * n_ls + i] = make_uint4(wl[0], wl[1], wl[2], wl[3]);
+    }
+    sh += __shfl_xor_sync(0xffffffffu, sh, 1);
+    sh += __shfl_xor_sync(0xffffffffu, sh, 2);
+    if constexpr (XP == 2) {
+      sl += __shfl_xor_sync(0xffffffffu, sl, 1);
+      sl += __shfl_xor_sync(0xffffffffu, sl, 2);
+    }
+    if (act && (q & 3) == 0) {
+      const int blk = i * G + (B == 1 ? q >> 2 : 0);
+      dxs[t * nblk + blk] = d;
+      sxs[t * nblk + blk] = d * (float(sh) + float(sl) * (1.0f / 254.0f));
     }
   }
   __syncthreads();
-  if (p >= n_pairs) return;  // no block-wide barrier below this point
+  if (job.trigger == 1) pdl_trigger();
+  if (p >= n_items) return;  // no block-wide barrier below this point
 
-  float acc[kRowsQ8][NT];
+  // the warp's codebook table(s) in registers; tab_wi: the weight they belong to
+  uint32_t th[NTAB][4], tl[NTAB][4];
+  float tf[NTAB][3];
+  int tab_wi = -1;
+  auto take_table = [&](int ti, int wi) {
 #pragma unroll
-  for (int r = 0; r < kRowsQ8; ++r)
+    for (int e = 0; e < 4; ++e) th[ti][e] = s_tab[wi][e], tl[ti][e] = s_tab[wi][4 + e];
+#pragma unroll
+    for (int e = 0; e < 3; ++e) tf[ti][e] = s_cbf[wi][e];
+  };
+  if constexpr (SWI) {
+    take_table(0, 0);
+    take_table(NTAB - 1, 1);
+  }
+
+  float acc[R][NT];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
 
   for (;;) {
-    int64_t pn = p;
+    int pn = p;
     int kn = k + 1;
     if (kn == nsteps) kn = 0, pn = p + pstride;
-    const bool more = pn < n_pairs;
+    const bool more = pn < n_items;
     if (more) load(nxt, nsc, pn, kn);
+    if (!more && job.trigger == 2) pdl_trigger();  // the warp's last step
+    if constexpr (!SWI) {
+      if (k == 0) {
+        int wi, r0;
+        item_of(p, wi, r0);
+        if (wi != tab_wi) take_table(0, wi), tab_wi = wi;
+      }
+    }
     const int i = k * 32 + lane;
     if (i < n_ls) {
       // Block g of the lane step is consumed in chunks of x: 1 word of indices per chunk at
@@ -222,9 +419,9 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
       constexpr int NCH = B == 1 ? 2 : 4;                // chunks per block
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        int d0[kRowsQ8][NT], d1[kRowsQ8][NT];  // integer dots: main and the /254 terms
+        int d0[R][NT], d1[R][NT];  // integer dots: main and the /254 terms
 #pragma unroll
-        for (int r = 0; r < kRowsQ8; ++r)
+        for (int r = 0; r < R; ++r)
 #pragma unroll
           for (int t = 0; t < NT; ++t) d0[r][t] = d1[r][t] = 0;
 #pragma unroll
@@ -242,7 +439,8 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
             return (idx & 3) == 0 ? u.x : (idx & 3) == 1 ? u.y : (idx & 3) == 2 ? u.z : u.w;
           };
 #pragma unroll
-          for (int r = 0; r < kRowsQ8; ++r) {
+          for (int r = 0; r < R; ++r) {
+            const int ti = SWI && r >= RH ? NTAB - 1 : 0;
             if constexpr (B == 4) {
 #pragma unroll
               for (int m = 0; m < 2; ++m) {
@@ -251,10 +449,10 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
                 // sign-replicate, so it is cleared first)
                 const uint32_t q = cur[r][2 * ch + m], q7 = q & 0x77777777u, qs = q7 >> 16;
                 const uint32_t hs = 0x32103210u | ((q & 0x88888888u) >> 1), hs1 = hs >> 16;
-                const uint32_t h0 = prmt(prmt(th[0], th[1], q7), prmt(th[2], th[3], q7), hs);
-                const uint32_t h1 = prmt(prmt(th[0], th[1], qs), prmt(th[2], th[3], qs), hs1);
-                const uint32_t l0 = prmt(prmt(tl[0], tl[1], q7), prmt(tl[2], tl[3], q7), hs);
-                const uint32_t l1 = prmt(prmt(tl[0], tl[1], qs), prmt(tl[2], tl[3], qs), hs1);
+                const uint32_t h0 = prmt(prmt(th[ti][0], th[ti][1], q7), prmt(th[ti][2], th[ti][3], q7), hs);
+                const uint32_t h1 = prmt(prmt(th[ti][0], th[ti][1], qs), prmt(th[ti][2], th[ti][3], qs), hs1);
+                const uint32_t l0 = prmt(prmt(tl[ti][0], tl[ti][1], q7), prmt(tl[ti][2], tl[ti][3], q7), hs);
+                const uint32_t l1 = prmt(prmt(tl[ti][0], tl[ti][1], qs), prmt(tl[ti][2], tl[ti][3], qs), hs1);
 #pragma unroll
                 for (int t = 0; t < NT; ++t) {
                   d0[r][t] = dp4a_s(h0, xw(t, 0, 2 * m), d0[r][t]);
@@ -273,7 +471,7 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
               const uint32_t sel[4] = {e, e >> 16, od, od >> 16};
 #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const uint32_t hv = prmt(th[0], th[0], sel[u]), lv = prmt(tl[0], tl[0], sel[u]);
+                const uint32_t hv = prmt(th[ti][0], th[ti][0], sel[u]), lv = prmt(tl[ti][0], tl[ti][0], sel[u]);
 #pragma unroll
                 for (int t = 0; t < NT; ++t) {
                   d0[r][t] = dp4a_s(hv, xw(t, 0, u), d0[r][t]);
@@ -300,39 +498,67 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
 #pragma unroll
         for (int t = 0; t < NT; ++t) dxb[t] = dxs[t * nblk + blk], sxb[t] = sxs[t * nblk + blk];
 #pragma unroll
-        for (int r = 0; r < kRowsQ8; ++r) {
+        for (int r = 0; r < R; ++r) {
+          const int ti = SWI && r >= RH ? NTAB - 1 : 0;
           float sc = 1.0f;
-          if (has_sc) sc = w.scale_bf16 ? bf16_bits_to_f32(csc[r][g]) : f16_bits_to_f32(csc[r][g]);
+          const uint16_t sbits = uint16_t(csc[r] >> (16 * g));
+          if (has_sc) sc = w0.scale_bf16 ? bf16_bits_to_f32(sbits) : f16_bits_to_f32(sbits);
 #pragma unroll
           for (int t = 0; t < NT; ++t) {
             const float dd = fmaf(float(d1[r][t]), 1.0f / 254.0f, float(d0[r][t]));
             float v;
-            if constexpr (B == 1) v = fmaf(c1 - c0, dxb[t] * dd, c0 * sxb[t]);
+            if constexpr (B == 1) v = fmaf(tf[ti][2] - tf[ti][1], dxb[t] * dd, tf[ti][1] * sxb[t]);
             else v = dxb[t] * dd;
             acc[r][t] = fmaf(sc, v, acc[r][t]);
           }
         }
       }
     }
-    if (k == nsteps - 1) {  // the pair's last step: reduce across the warp and store
-      const int64_t r0 = p * kRowsQ8;
+    if (k == nsteps - 1) {  // the item's last step: reduce across the warp and store
+      int wi, r0;
+      item_of(p, wi, r0);
+      if constexpr (SWI) {
+        const int64_t rows = job.w[0].rows, ldy = job.ldy[0];
+        float* yg = job.y[0] == job.swiglu_out ? nullptr : job.y[0];
 #pragma unroll
-      for (int r = 0; r < kRowsQ8; ++r)
+        for (int r = 0; r < RH; ++r)
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          const float v = warp_sum(acc[r][t]);
-          if (lane == 0 && r0 + r < w.rows) y[t * ldy + r0 + r] = v * dcb;
-          acc[r][t] = 0.0f;
-        }
+          for (int t = 0; t < NT; ++t) {
+            const float g = warp_sum(acc[r][t]) * tf[0][0], u = warp_sum(acc[r + RH][t]) * tf[NTAB - 1][0];
+            const int row = r0 + r;
+            if (lane == 0 && row < rows) {
+              if (yg) yg[t * ldy + row] = g;
+              job.y[1][t * job.ldy[1] + row] = u;
+              job.swiglu_out[t * ldy + row] = g / (1.0f + expf(-g)) * u;
+            }
+          }
+      } else {
+        float* y = wi == 0 ? job.y[0] : wi == 1 ? job.y[1] : job.y[2];
+        const int64_t ldy = wi == 0 ? job.ldy[0] : wi == 1 ? job.ldy[1] : job.ldy[2];
+        const int64_t rows = rows_of(wi);
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int t = 0; t < NT; ++t) {
+            const float v = warp_sum(acc[r][t]) * tf[0][0];
+            if (lane == 0 && r0 + r < rows) {
+              y[t * ldy + r0 + r] = v;
+              if (job.resid) job.resid[t * job.ldr + r0 + r] += v;
+            }
+          }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
     }
     if (!more) break;
     p = pn, k = kn;
 #pragma unroll
-    for (int r = 0; r < kRowsQ8; ++r) {
+    for (int r = 0; r < R; ++r) {
 #pragma unroll
       for (int e = 0; e < W; ++e) cur[r][e] = nxt[r][e];
-#pragma unroll
-      for (int g = 0; g < G; ++g) csc[r][g] = nsc[r][g];
+      csc[r] = nsc[r];
     }
   }
 }
@@ -343,38 +569,61 @@ size_t q8_smem(const CudaWeight& w, int nt, int xp) {
   return size_t(nt) * (size_t(xp) * Q8Geom<B>::N4 * n_ls * 16 + nblk * 8);
 }
 
-template <int B, int NT, int XP>
-void launch_q8(const CudaWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, int sb_shift,
-               cudaStream_t st) {
-  static const bool raised = [] {  // once per instantiation, before any graph capture
-    KMQ_CUDA_CHECK(
-        cudaFuncSetAttribute(gemv_q8_kernel<B, NT, XP>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmemQ8));
+template <int B, int NT, int XP, bool SWI, int R>
+void launch_q8(const Q8Job& job, int sb_shift, cudaStream_t st, bool pdl) {
+  auto* kern = gemv_q8_kernel<B, NT, XP, SWI, R>;
+  static const bool raised = [&] {  // once per instantiation, before any graph capture
+    KMQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmemQ8));
     return true;
   }();
   (void)raised;
-  const size_t smem = q8_smem<B>(w, NT, XP);
+  const size_t smem = q8_smem<B>(job.w[0], NT, XP);
   int per_sm = 0;
-  KMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_q8_kernel<B, NT, XP>, kWarpsQ8 * 32,
-                                                               smem));
-  constexpr int R = Q8Geom<B>::R;
-  const int64_t need = (w.rows + kWarpsQ8 * R - 1) / (kWarpsQ8 * R);
+  KMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kWarpsQ8 * 32, smem));
+  int c1, c2;
+  const int64_t need = (q8_items<R, SWI>(job, &c1, &c2) + kWarpsQ8 - 1) / kWarpsQ8;
   const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(sm_count()) * std::max(per_sm, 1))));
-  gemv_q8_kernel<B, NT, XP><<<grid, kWarpsQ8 * 32, smem, st>>>(w, x, ldx, y, ldy, sb_shift);
-  KMQ_CUDA_LAUNCHED();
+  launch_kernel(kern, dim3(grid), dim3(kWarpsQ8 * 32), smem, st, pdl, job, sb_shift);
 }
 
-template <int B, int XP>
-void run_q8(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy, int sb_shift,
-            cudaStream_t st) {
-  const bool two_fit = q8_smem<B>(w, 2, XP) <= 100 * 1024;  // keep 2 blocks per SM
-  for (int64_t t = 0; t < n_tok;) {
-    if (n_tok - t >= 2 && two_fit) {
-      launch_q8<B, 2, XP>(w, x + t * ldx, ldx, y + t * ldy, ldy, sb_shift, st);
-      t += 2;
+// The job for tokens [t, t + n) of `job`.
+Q8Job job_slice(const Q8Job& job, int64_t t, int64_t n) {
+  Q8Job j = job;
+  j.n_tok = n;
+  j.x = job.x + t * job.ldx;
+  for (int i = 0; i < job.n_w; ++i) j.y[i] = job.y[i] + t * job.ldy[i];
+  if (job.norm_out) j.norm_out = job.norm_out + t * job.w[0].cols;
+  if (job.resid) j.resid = job.resid + t * job.ldr;
+  if (job.swiglu_out) j.swiglu_out = job.swiglu_out + t * job.ldy[0];
+  return j;
+}
+
+template <int B, int XP, bool SWI>
+void run_q8(const Q8Job& job, int sb_shift, cudaStream_t st, bool pdl) {
+  const bool two_fit = q8_smem<B>(job.w[0], 2, XP) <= 100 * 1024;  // keep 2 blocks per SM
+  for (int64_t t = 0; t < job.n_tok;) {
+    const bool two = job.n_tok - t >= 2 && two_fit;
+    // 1-2 bits: 2 rows per item (instead of 4) when that many items still fit the GPU at
+    // once -- a small matrix's time is one warp's instruction path, which halves
+    int c1, c2;
+    const bool r2 = B != 4 && q8_items<2, SWI>(job, &c1, &c2) <= sm_count() * (two ? 2 : 3) * kWarpsQ8;
+    if (two) {
+      if (r2) launch_q8<B, 2, XP, SWI, 2>(job_slice(job, t, 2), sb_shift, st, pdl);
+      else launch_q8<B, 2, XP, SWI, Q8Geom<B>::R>(job_slice(job, t, 2), sb_shift, st, pdl);
     } else {
-      launch_q8<B, 1, XP>(w, x + t * ldx, ldx, y + t * ldy, ldy, sb_shift, st);
-      t += 1;
+      if (r2) launch_q8<B, 1, XP, SWI, 2>(job_slice(job, t, 1), sb_shift, st, pdl);
+      else launch_q8<B, 1, XP, SWI, Q8Geom<B>::R>(job_slice(job, t, 1), sb_shift, st, pdl);
     }
+    t += two ? 2 : 1;
+  }
+}
+
+template <int XP, bool SWI>
+void run_q8_bits(const Q8Job& job, int sb_shift, cudaStream_t st, bool pdl) {
+  switch (job.w[0].bits) {
+    case 1: run_q8<1, XP, SWI>(job, sb_shift, st, pdl); break;
+    case 2: run_q8<2, XP, SWI>(job, sb_shift, st, pdl); break;
+    default: run_q8<4, XP, SWI>(job, sb_shift, st, pdl); break;
   }
 }
 
@@ -398,22 +647,33 @@ bool gemv_q8_supported(const CudaWeight& w, const float* x, int64_t ldx) {
   return smem <= size_t(kMaxSmemQ8);
 }
 
-void gemv_q8_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy, int x_planes,
-                  cudaStream_t st) {
-  const int sh = scale_shift(w);
+bool gemv_q8_same_geometry(const CudaWeight& a, const CudaWeight& b) {
+  return a.bits == b.bits && a.cols == b.cols && a.row_words == b.row_words && a.scale_block == b.scale_block &&
+         a.scale_bf16 == b.scale_bf16 && (a.scales == nullptr) == (b.scales == nullptr) && a.scope == b.scope;
+}
+
+void gemv_q8_job_cuda(const Q8Job& job, int x_planes, cudaStream_t st, bool pdl) {
+  const int sh = scale_shift(job.w[0]);
+  const bool swi = job.swiglu_out != nullptr;
   if (x_planes == 1) {
-    switch (w.bits) {
-      case 1: run_q8<1, 1>(w, x, ldx, n_tok, y, ldy, sh, st); break;
-      case 2: run_q8<2, 1>(w, x, ldx, n_tok, y, ldy, sh, st); break;
-      default: run_q8<4, 1>(w, x, ldx, n_tok, y, ldy, sh, st); break;
-    }
+    if (swi) run_q8_bits<1, true>(job, sh, st, pdl);
+    else run_q8_bits<1, false>(job, sh, st, pdl);
   } else {
-    switch (w.bits) {
-      case 1: run_q8<1, 2>(w, x, ldx, n_tok, y, ldy, sh, st); break;
-      case 2: run_q8<2, 2>(w, x, ldx, n_tok, y, ldy, sh, st); break;
-      default: run_q8<4, 2>(w, x, ldx, n_tok, y, ldy, sh, st); break;
-    }
+    if (swi) run_q8_bits<2, true>(job, sh, st, pdl);
+    else run_q8_bits<2, false>(job, sh, st, pdl);
   }
+}
+
+void gemv_q8_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy, int x_planes,
+                  cudaStream_t st, bool pdl) {
+  Q8Job job;
+  job.w[0] = w;
+  job.y[0] = y;
+  job.ldy[0] = ldy;
+  job.x = x;
+  job.ldx = ldx;
+  job.n_tok = n_tok;
+  gemv_q8_job_cuda(job, x_planes, st, pdl);
 }
 
 }  // namespace kmq::cuda

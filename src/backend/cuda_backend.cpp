@@ -8,13 +8,23 @@
 // signature equals the previous step's (decode: every token after the first), it is
 // captured once as a CUDA graph and replayed: one launch per token instead of ~10 per
 // layer. Matmuls of <= 8 tokens use the GEMV kernels; larger ones dequantize row slabs to
-// f16 (16 MiB, L2-resident) and multiply on the tensor cores through cuBLAS.
+// f16 and multiply on the tensor cores through cuBLAS.
+//
+// Decode-path fusions (recorded ops are rewritten as they arrive; KMQ_CUDA_FUSE=0 turns
+// this off): rmsnorm followed by an integer-kernel matmul of its output becomes one
+// launch that normalises x while staging it; consecutive matmuls of the same input (q, k,
+// v; gate, up) become one launch; matmul + add of its output into a residual, and gate/up
+// + swiglu, move into that launch's epilogue; rope(q), rope(k) + attention's KV store
+// become one kernel. Every op still writes every buffer it is specified to write.
+// Kernels of consecutive ops are launched with programmatic dependent launch on sm_90+
+// (KMQ_CUDA_PDL=0 turns it off; kernels/cuda/common.cuh).
 #include "backend/cuda_backend.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -64,6 +74,26 @@ class CudaBackend final : public Backend {
     use_graphs_ = !(g && std::string(g) == "0");
     const char* sl = std::getenv("KMQ_CUDA_SLABS");
     big_slabs_ = !(sl && std::string(sl) == "small");
+    const char* pd = std::getenv("KMQ_CUDA_PDL");
+    pdl_ = prop_.major >= 9 && !(pd && std::string(pd) == "0");
+    const char* fu = std::getenv("KMQ_CUDA_FUSE");
+    fuse_ = !(fu && std::string(fu) == "0");
+    // KMQ_CUDA_PDL_TRIGGER=early|staged|late, for all bit widths or as "1:late,4:early"
+    if (const char* tr = std::getenv("KMQ_CUDA_PDL_TRIGGER"); tr && *tr) {
+      const std::string v = tr;
+      auto mode = [](const std::string& m) { return m == "late" ? 2 : m == "staged" ? 1 : 0; };
+      if (v.find(':') == std::string::npos) {
+        for (int& t : trigger_) t = mode(v);
+      } else {
+        for (size_t i = 0; i < v.size();) {
+          size_t j = v.find(',', i);
+          if (j == std::string::npos) j = v.size();
+          const std::string kv = v.substr(i, j - i);
+          if (kv.size() > 2 && kv[1] == ':' && kv[0] >= '1' && kv[0] <= '4') trigger_[kv[0] - '0'] = mode(kv.substr(2));
+          i = j + 1;
+        }
+      }
+    }
   }
 
   ~CudaBackend() override {
@@ -79,8 +109,9 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override {
-    return fmt::format("cuda ({}, sm_{}{}, {:.1f} GiB, graphs {})", prop_.name, prop_.major, prop_.minor,
-                       double(prop_.totalGlobalMem) / double(1 << 30), use_graphs_ ? "on" : "off");
+    return fmt::format("cuda ({}, sm_{}{}, {:.1f} GiB, graphs {}, pdl {}, fusion {})", prop_.name, prop_.major,
+                       prop_.minor, double(prop_.totalGlobalMem) / double(1 << 30), use_graphs_ ? "on" : "off",
+                       pdl_ ? "on" : "off", fuse_ ? "on" : "off");
   }
   int n_threads() const override { return 1; }
 
@@ -135,15 +166,18 @@ class CudaBackend final : public Backend {
         throw Error(fmt::format("token id {} outside the vocabulary of {}", tokens[t], w.rows));
     need(out, n_tok * w.cols, "embed");
     const int32_t* toks = params(tokens, n_tok);
-    record({1, n_tok, emb.id}, {out.p}, [=, st = stream_] { cuda::embed_cuda(out.p, w, toks, n_tok, st); });
+    const bool pdl = take_pdl(true);
+    record({1, n_tok, emb.id}, {out.p}, [=, st = stream_] { cuda::embed_cuda(out.p, w, toks, n_tok, st, pdl); });
   }
 
   void rmsnorm(Buf out, Buf x, WeightId g, int64_t n_tok, int64_t dim, float eps) override {
     const float* gv = vec_of(g, dim);
     need(out, n_tok * dim, "rmsnorm");
     need(x, n_tok * dim, "rmsnorm");
+    const bool pdl = take_pdl(true);
     record({2, n_tok, dim, g.id}, {out.p, x.p},
-           [=, st = stream_] { cuda::rmsnorm_cuda(out.p, x.p, gv, n_tok, dim, eps, st); });
+           [=, st = stream_] { cuda::rmsnorm_cuda(out.p, x.p, gv, n_tok, dim, eps, st, pdl); });
+    last_norm_ = NormRec{out.p, x.p, gv, n_tok, dim, eps, pdl};
   }
 
   void matmul(Buf y, WeightId wid, Buf x, int64_t n_tok) override {
@@ -152,12 +186,31 @@ class CudaBackend final : public Backend {
     need(y, n_tok * w.rows, "matmul output");
     cudaStream_t st = stream_;
     if (n_tok <= kGemvMaxTok) {
+      const int planes = cuda::q8_planes();
+      if (planes > 0 && cuda::gemv_q8_supported(w, x.p, w.cols)) {
+        if (fuse_ && fuse_matmul(y, w, wid.id, x, n_tok, planes)) return;
+        const bool pdl = take_pdl(true);
+        cuda::Q8Job j;
+        j.w[0] = w;
+        j.y[0] = y.p;
+        j.ldy[0] = w.rows;
+        j.x = x.p;
+        j.ldx = w.cols;
+        j.n_tok = n_tok;
+        record({3, n_tok, wid.id}, {y.p, x.p}, job_fn(j, planes, pdl));
+        last_job_ = JobRec{j, x.p, planes, pdl};
+        return;
+      }
+      const bool pdl = take_pdl(true);
       if (cuda::gemv_kmq_supported(w, x.p, w.cols))
-        record({3, n_tok, wid.id}, {y.p, x.p}, [=] { cuda::gemv_kmq_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st); });
+        record({3, n_tok, wid.id}, {y.p, x.p},
+               [=] { cuda::gemv_kmq_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st, pdl); });
       else if (cuda::gemv_half_supported(w, x.p, w.cols))
-        record({4, n_tok, wid.id}, {y.p, x.p}, [=] { cuda::gemv_half_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st); });
+        record({4, n_tok, wid.id}, {y.p, x.p},
+               [=] { cuda::gemv_half_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st, pdl); });
       else
-        record({5, n_tok, wid.id}, {y.p, x.p}, [=] { cuda::gemv_any_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st); });
+        record({5, n_tok, wid.id}, {y.p, x.p},
+               [=] { cuda::gemv_any_cuda(w, x.p, w.cols, n_tok, y.p, w.rows, st, pdl); });
       return;
     }
     gemm(y, w, wid.id, x, n_tok);
@@ -166,7 +219,9 @@ class CudaBackend final : public Backend {
   void add_bias(Buf y, WeightId bias, int64_t n_tok, int64_t width) override {
     const float* b = vec_of(bias, width);
     need(y, n_tok * width, "add_bias");
-    record({6, n_tok, width, bias.id}, {y.p}, [=, st = stream_] { cuda::add_bias_cuda(y.p, b, n_tok, width, st); });
+    const bool pdl = take_pdl(true);
+    record({6, n_tok, width, bias.id}, {y.p},
+           [=, st = stream_] { cuda::add_bias_cuda(y.p, b, n_tok, width, st, pdl); });
   }
 
   void rope(Buf x, int64_t n_tok, int64_t n_heads, int64_t pos0) override {
@@ -175,7 +230,12 @@ class CudaBackend final : public Backend {
     const int32_t* pos = params(&p, 1);
     const int64_t hd = rope_hd_;
     const float* inv = inv_freq_;
-    record({7, n_tok, n_heads}, {x.p}, [=, st = stream_] { cuda::rope_cuda(x.p, n_tok, n_heads, hd, inv, pos, st); });
+    const bool pdl = take_pdl(true);
+    std::vector<RopeRec> ropes = std::move(last_ropes_);
+    record({7, n_tok, n_heads}, {x.p},
+           [=, st = stream_] { cuda::rope_cuda(x.p, n_tok, n_heads, hd, inv, pos, st, pdl); });
+    last_ropes_ = std::move(ropes);
+    last_ropes_.push_back(RopeRec{x.p, n_tok, n_heads, p, pdl});
   }
 
   void attention(Buf out, Buf q, Buf k, Buf v, Buf k_cache, Buf v_cache, int64_t n_tok, int64_t pos0,
@@ -191,36 +251,66 @@ class CudaBackend final : public Backend {
     need(k, n_tok * kv_dim, "attention k");
     need(v, n_tok * kv_dim, "attention v");
     int n_splits = 1;
-    int64_t chunk = cap;
-    if (n_tok <= 4) {  // decode: split the sequence so that enough blocks run
+    if (n_tok <= 4) {  // decode: split the context so that enough blocks run (the kernel
+      // cuts the actual context, not the capacity, into n_splits chunks)
       const int64_t want = (2 * int64_t(prop_.multiProcessorCount) + n_heads * n_tok - 1) / (n_heads * n_tok);
       n_splits = int(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, cap / 64)));
-      chunk = (cap + n_splits - 1) / n_splits;
     }
     float* partial = nullptr;
-    if (n_splits > 1) partial = scratch_partial(n_tok * n_heads * n_splits * (hd + 2));
+    unsigned* counters = nullptr;
+    if (n_splits > 1) {
+      partial = scratch_partial(n_tok * n_heads * n_splits * (hd + 2));
+      counters = scratch_counters(n_tok * n_heads);
+    }
     const int32_t p = int32_t(pos0);
-    const int32_t* pos = params(&p, 1);
-    record({8, n_tok, n_heads, n_kv, hd, window, n_splits}, {out.p, q.p, k.p, v.p, k_cache.p, v_cache.p},
+    const int32_t* pos = params(&p, 1);  // first: a flush here ends the fusion below
+    // rope(q), rope(k) just before, at this position: one kernel rotates and stores
+    bool rope_fused = false;
+    bool pdl = false;
+    if (fuse_ && last_ropes_.size() >= 2 && rope_hd_ == hd) {
+      const RopeRec& rq = last_ropes_[last_ropes_.size() - 2];
+      const RopeRec& rk = last_ropes_.back();
+      if (rq.x == q.p && rk.x == k.p && rq.n_tok == n_tok && rk.n_tok == n_tok && rq.n_heads == n_heads &&
+          rk.n_heads == n_kv && rq.pos0 == p && rk.pos0 == p && !overlaps(q.p, n_tok * n_heads * hd, k.p, n_tok * kv_dim) &&
+          !overlaps(v.p, n_tok * kv_dim, k.p, n_tok * kv_dim)) {
+        queue_.pop_back();
+        queue_.pop_back();
+        rope_fused = true;
+        pdl = rq.pdl;  // the first launch follows what preceded the two ropes
+      }
+    }
+    if (!rope_fused) pdl = take_pdl(true);
+    const float* inv = inv_freq_;
+    const bool pdl_next = pdl_;  // the attention kernel follows our own first kernel
+    record({8, n_tok, n_heads, n_kv, hd, window, n_splits, rope_fused}, {out.p, q.p, k.p, v.p, k_cache.p, v_cache.p},
            [=, st = stream_] {
-             cuda::store_kv_cuda(k_cache.p, v_cache.p, k.p, v.p, n_tok, kv_dim, pos, st);
-             cuda::attention_cuda(out.p, q.p, k_cache.p, v_cache.p, n_tok, n_heads, n_kv, hd, window, pos, chunk,
-                                  n_splits, partial, st);
+             if (rope_fused)
+               cuda::rope_store_cuda(q.p, k.p, v.p, k_cache.p, v_cache.p, n_tok, n_heads, n_kv, hd, inv, pos, st, pdl);
+             else
+               cuda::store_kv_cuda(k_cache.p, v_cache.p, k.p, v.p, n_tok, kv_dim, pos, st, pdl);
+             cuda::attention_cuda(out.p, q.p, k_cache.p, v_cache.p, n_tok, n_heads, n_kv, hd, window, pos, n_splits,
+                                  partial, counters, st, pdl_next);
            });
   }
 
   void swiglu(Buf out, Buf gate, Buf up, int64_t n) override {
     need(out, n, "swiglu");
-    record({9, n}, {out.p, gate.p, up.p}, [=, st = stream_] { cuda::swiglu_cuda(out.p, gate.p, up.p, n, st); });
+    if (fuse_ && fuse_swiglu(out, gate, up, n)) return;
+    const bool pdl = take_pdl(true);
+    record({9, n}, {out.p, gate.p, up.p},
+           [=, st = stream_] { cuda::swiglu_cuda(out.p, gate.p, up.p, n, st, pdl); });
   }
 
   void add(Buf y, Buf x, int64_t n) override {
     need(y, n, "add");
-    record({10, n}, {y.p, x.p}, [=, st = stream_] { cuda::add_cuda(y.p, x.p, n, st); });
+    if (fuse_ && fuse_add(y, x, n)) return;
+    const bool pdl = take_pdl(true);
+    record({10, n}, {y.p, x.p}, [=, st = stream_] { cuda::add_cuda(y.p, x.p, n, st, pdl); });
   }
 
   void copy_rows(Buf dst, Buf src, int64_t n) override {
     need(dst, n, "copy_rows");
+    take_pdl(false);
     record({11, n}, {dst.p, src.p}, [=, st = stream_] {
       KMQ_CUDA_CHECK(cudaMemcpyAsync(dst.p, src.p, size_t(n) * 4, cudaMemcpyDeviceToDevice, st));
     });
@@ -376,6 +466,149 @@ class CudaBackend final : public Backend {
     return d;
   }
 
+  unsigned* scratch_counters(int64_t n) {
+    if (counters_n_ < n) {
+      flush();
+      counters_ = static_cast<unsigned*>(dev_alloc(size_t(n) * 4, "attention counters"));
+      KMQ_CUDA_CHECK(cudaMemset(counters_, 0, size_t(n) * 4));
+      counters_n_ = n;
+    }
+    return counters_;
+  }
+
+  static bool overlaps(const void* a, int64_t na, const void* b, int64_t nb) {  // float ranges
+    const float *pa = static_cast<const float*>(a), *pb = static_cast<const float*>(b);
+    return pa < pb + nb && pb < pa + na;
+  }
+
+  // PDL for the next op's first launch: only when the op before it ended with a kernel of
+  // ours (not cuBLAS, a copy or an event) and the device has it (sm_90+).
+  bool take_pdl(bool kernel_op) {
+    const bool r = pdl_ && prev_kernel_;
+    prev_kernel_ = kernel_op;
+    return r;
+  }
+
+  struct NormRec {  // the queue's last op is this rmsnorm
+    float* out;
+    const float* x;
+    const float* g;
+    int64_t n_tok, dim;
+    float eps;
+    bool pdl;
+  };
+  struct JobRec {  // the queue's last op is this integer-kernel job
+    cuda::Q8Job job;
+    const float* x;  // the input the model passed (the norm's output when the norm is fused)
+    int planes;
+    bool pdl;
+  };
+  struct RopeRec {  // the queue ends with these rope ops
+    float* x;
+    int64_t n_tok, n_heads;
+    int32_t pos0;
+    bool pdl;
+  };
+
+  std::function<void()> job_fn(cuda::Q8Job j, int planes, bool pdl) const {
+    j.trigger = trigger_[std::clamp(j.w[0].bits, 0, 4)];
+    return [=, st = stream_] { cuda::gemv_q8_job_cuda(j, planes, st, pdl); };
+  }
+
+  // Everything the job reads, as float ranges: does [p, p + n) touch any of it?
+  bool touches_inputs(const JobRec& r, const void* p, int64_t n) const {
+    const cuda::Q8Job& j = r.job;
+    const int64_t cols = j.w[0].cols;
+    if (overlaps(p, n, j.x, j.n_tok * j.ldx) || overlaps(p, n, r.x, j.n_tok * cols)) return true;
+    if (j.norm_out && overlaps(p, n, j.norm_out, j.n_tok * cols)) return true;
+    return false;
+  }
+  bool touches_outputs(const JobRec& r, const void* p, int64_t n) const {
+    const cuda::Q8Job& j = r.job;
+    for (int i = 0; i < j.n_w; ++i)
+      if (overlaps(p, n, j.y[i], j.n_tok * j.ldy[i])) return true;
+    return false;
+  }
+
+  // matmul after rmsnorm of its input, or after a matmul of the same input: one launch.
+  bool fuse_matmul(Buf y, const CudaWeight& w, int32_t wid, Buf x, int64_t n_tok, int planes) {
+    const int64_t ny = n_tok * w.rows;
+    if (last_job_) {
+      JobRec& r = *last_job_;
+      cuda::Q8Job& j = r.job;
+      if (r.x == x.p && j.n_tok == n_tok && j.n_w < 3 && !j.resid && !j.swiglu_out && r.planes == planes &&
+          cuda::gemv_q8_same_geometry(j.w[0], w) && !touches_inputs(r, y.p, ny) && !touches_outputs(r, y.p, ny)) {
+        j.w[j.n_w] = w;
+        j.y[j.n_w] = y.p;
+        j.ldy[j.n_w] = w.rows;
+        ++j.n_w;
+        queue_.back() = job_fn(j, planes, r.pdl);
+        append_sig({3, n_tok, wid}, {y.p, x.p});
+        return true;
+      }
+    }
+    if (last_norm_) {
+      const NormRec n = *last_norm_;
+      if (n.out == x.p && n.n_tok == n_tok && n.dim == w.cols && cuda::gemv_q8_supported(w, n.x, n.dim) &&
+          !overlaps(n.out, n_tok * n.dim, n.x, n_tok * n.dim) && !overlaps(y.p, ny, n.x, n_tok * n.dim) &&
+          !overlaps(y.p, ny, n.out, n_tok * n.dim) && (reinterpret_cast<uintptr_t>(n.g) & 15u) == 0) {
+        cuda::Q8Job j;
+        j.w[0] = w;
+        j.y[0] = y.p;
+        j.ldy[0] = w.rows;
+        j.x = n.x;
+        j.ldx = n.dim;
+        j.n_tok = n_tok;
+        j.norm_g = n.g;
+        j.norm_eps = n.eps;
+        j.norm_out = n.out;
+        queue_.back() = job_fn(j, planes, n.pdl);
+        append_sig({3, n_tok, wid}, {y.p, x.p});
+        last_norm_.reset();
+        last_job_ = JobRec{j, x.p, planes, n.pdl};
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // y += (the last matmul's output): into that matmul's epilogue.
+  bool fuse_add(Buf y, Buf x, int64_t n) {
+    if (!last_job_) return false;
+    JobRec& r = *last_job_;
+    cuda::Q8Job& j = r.job;
+    if (j.n_w != 1 || j.resid || j.swiglu_out || j.y[0] != x.p || n != j.n_tok * j.w[0].rows ||
+        touches_inputs(r, y.p, n) || touches_outputs(r, y.p, n))
+      return false;
+    j.resid = y.p;
+    j.ldr = j.w[0].rows;
+    queue_.back() = job_fn(j, r.planes, r.pdl);
+    append_sig({10, n}, {y.p, x.p});
+    last_job_.reset();
+    return true;
+  }
+
+  // out = silu(gate) * up of the last job's two outputs: into its epilogue.
+  bool fuse_swiglu(Buf out, Buf gate, Buf up, int64_t n) {
+    if (!last_job_) return false;
+    JobRec& r = *last_job_;
+    cuda::Q8Job& j = r.job;
+    if (j.n_w != 2 || j.resid || j.swiglu_out || j.w[0].rows != j.w[1].rows || n != j.n_tok * j.w[0].rows) return false;
+    const bool fwd = j.y[0] == gate.p && j.y[1] == up.p, rev = j.y[1] == gate.p && j.y[0] == up.p;
+    if (!(fwd || rev) || touches_inputs(r, out.p, n)) return false;
+    if (out.p != gate.p && out.p != up.p && touches_outputs(r, out.p, n)) return false;
+    if (rev) {
+      std::swap(j.w[0], j.w[1]);
+      std::swap(j.y[0], j.y[1]);
+      std::swap(j.ldy[0], j.ldy[1]);
+    }
+    j.swiglu_out = out.p;
+    queue_.back() = job_fn(j, r.planes, r.pdl);
+    append_sig({9, n}, {out.p, gate.p, up.p});
+    last_job_.reset();
+    return true;
+  }
+
   float* scratch_partial(int64_t n) {
     if (partial_n_ < n) {
       flush();  // recorded work may use the old buffer
@@ -422,6 +655,7 @@ class CudaBackend final : public Backend {
       for (cudaEvent_t* e : {&ev_fork_, &ev_deq_[0], &ev_deq_[1], &ev_gemm_[0], &ev_gemm_[1]})
         KMQ_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     }
+    take_pdl(false);  // cuBLAS and events: the next op waits for all of it
     uint16_t* x16 = x16_;
     uint16_t* wbuf[2] = {w16_, w16b_};
     cublasHandle_t h = blas_;
@@ -469,11 +703,18 @@ class CudaBackend final : public Backend {
     });
   }
 
-  // Records one launch: its signature (op code and sizes, then buffer addresses) and body.
+  // Records one op: its signature (op code and sizes, then buffer addresses) and body.
   void record(std::initializer_list<int64_t> key, std::initializer_list<const void*> ptrs, std::function<void()> fn) {
+    append_sig(key, ptrs);
+    queue_.push_back(std::move(fn));
+    last_norm_.reset();
+    last_job_.reset();
+    last_ropes_.clear();
+  }
+  // The signature of an op fused into the queue's last entry.
+  void append_sig(std::initializer_list<int64_t> key, std::initializer_list<const void*> ptrs) {
     for (int64_t v : key) sig_.append(reinterpret_cast<const char*>(&v), sizeof v);
     for (const void* p : ptrs) sig_.append(reinterpret_cast<const char*>(&p), sizeof p);
-    queue_.push_back(std::move(fn));
   }
 
   // Launches the recorded step (as a graph when it repeats) and waits for it.
@@ -496,6 +737,10 @@ class CudaBackend final : public Backend {
     sig_.clear();
     queue_.clear();
     n_params_ = 0;
+    last_norm_.reset();
+    last_job_.reset();
+    last_ropes_.clear();
+    prev_kernel_ = false;  // the next step starts after a copy (parameters) or a graph
     KMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -544,6 +789,16 @@ class CudaBackend final : public Backend {
   bool use_graphs_ = true;
   float* partial_ = nullptr;
   int64_t partial_n_ = 0;
+  unsigned* counters_ = nullptr;
+  int64_t counters_n_ = 0;
+  bool pdl_ = false, fuse_ = true, prev_kernel_ = false;
+  // PDL trigger placement of the integer kernel per bit width (Q8Job::trigger): each
+  // warp's last step ("late"); measured on an H200 against "early" (after the wait):
+  // +1 / +2 / +12% decode at 2.25 / 4.25 / 1.25 bpw (docs/PERFORMANCE.md).
+  int trigger_[5] = {2, 2, 2, 2, 2};
+  std::optional<NormRec> last_norm_;
+  std::optional<JobRec> last_job_;
+  std::vector<RopeRec> last_ropes_;
   uint16_t *x16_ = nullptr, *w16_ = nullptr, *w16b_ = nullptr;
   bool big_slabs_ = true;        // false with KMQ_CUDA_SLABS=small
   cudaStream_t side_ = nullptr;  // dequantizes the next slab while the main stream multiplies
