@@ -36,7 +36,10 @@ std::string py_float(double d) {
     }
   } else {
     out = digits.substr(0, 1);
-    if (digits.size() > 1) out += "." + digits.substr(1);
+    if (digits.size() > 1) {  // appended piecewise: GCC 12 warns (-Wrestrict, falsely) on "." + substr
+      out += '.';
+      out.append(digits, 1);
+    }
     out += fmt::format("e{}{:02d}", exp < 0 ? '-' : '+', std::abs(exp));
   }
   return neg ? "-" + out : out;
