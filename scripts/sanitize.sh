@@ -6,18 +6,23 @@
 #      (test_util_thread_pool, test_e2e_model, test_kernels_cpu, test_quant_quantize, and
 #      cli_threads: convert, complete, batch, chat and perplexity with -t 2; cli_batch,
 #      cli_chat).
-#   scripts/sanitize.sh [asan|tsan|all|ci] [CTEST_REGEX]   (default: all; the regex picks the
-#   ASan tests, e.g. '^(test_format|test_e2e_kmq)' -- only their targets are built)
-#   ci: what .ci/run runs by default (it fits CI's 90 minutes, docs/RELIABILITY.md): ASan of
-#   the untrusted-input tests ($ci_asan below) and the whole ThreadSanitizer stage.
+#   scripts/sanitize.sh [asan|tsan|all|ci|asan-ci] [CTEST_REGEX] [EXCLUDE_REGEX]
+#   (default: all; the regex picks the ASan tests, e.g. '^(test_format|test_e2e_kmq)' -- only
+#   their targets are built; '.*' or nothing: all of them; EXCLUDE_REGEX, default fullppl,
+#   leaves tests out)
+#   ci: ASan of the untrusted-input tests ($ci_asan below) and the whole ThreadSanitizer
+#   stage; asan-ci: only that ASan part. (.ci/run runs tsan, then asan without fullppl and
+#   cli_isa, falling back to asan-ci when time is short; docs/RELIABILITY.md.)
 # CUDA is off in both builds (the sanitizers instrument host code only).
 # Shared data: $KMQ_SHARED, default ../shared beside the repo. Jobs: $KMQ_JOBS, default 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 only=${2:-}
+exclude=${3:-fullppl}
+[ "$only" = '.*' ] && only=""
 ci_asan='^(test_format_file|test_e2e_kmq_mutations|test_e2e_fuzz_regressions|test_text_robust|test_text_json|test_convert_.*|cli_bad_input|cli_convert_errors)$'
-if [ "$what" = ci ]; then
+if [ "$what" = ci ] || [ "$what" = asan-ci ]; then
   only=${only:-$ci_asan}
 fi
 jobs=${KMQ_JOBS:-2}
@@ -27,18 +32,18 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_strin
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 
-if [ "$what" = all ] || [ "$what" = asan ] || [ "$what" = ci ]; then
+if [ "$what" = all ] || [ "$what" = asan ] || [ "$what" = ci ] || [ "$what" = asan-ci ]; then
   b=${KMQ_ASAN_BUILD_DIR:-build-asan}
   cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKMQ_SANITIZE=ON -DKMQ_CUDA=OFF >/dev/null
   if [ -n "$only" ]; then
     # the test executables the regex names (cli_* tests need the two tools)
-    targets=$(cd "$b" && ctest -N -R "$only" -E fullppl | sed -n 's/^ *Test *#[0-9]*: //p' |
+    targets=$(cd "$b" && ctest -N -R "$only" -E "$exclude" | sed -n 's/^ *Test *#[0-9]*: //p' |
               sed 's/^cli_.*/kmq-cli kmq-convert/' | sort -u)
     cmake --build "$b" -j"$jobs" --target $targets
-    (cd "$b" && ctest --output-on-failure -j"$jobs" -R "$only" -E fullppl)
+    (cd "$b" && ctest --output-on-failure --stop-on-failure -j"$jobs" -R "$only" -E "$exclude")
   else
     cmake --build "$b" -j"$jobs"
-    (cd "$b" && ctest --output-on-failure -j"$jobs" -E fullppl)
+    (cd "$b" && ctest --output-on-failure --stop-on-failure -j"$jobs" -E "$exclude")
   fi
 fi
 
@@ -48,6 +53,6 @@ if [ "$what" = all ] || [ "$what" = tsan ] || [ "$what" = ci ]; then
   cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKMQ_TSAN=ON -DKMQ_CUDA=OFF >/dev/null
   cmake --build "$b" -j"$jobs" --target test_util_thread_pool test_e2e_model test_kernels_cpu test_quant_quantize \
     kmq-cli kmq-convert
-  (cd "$b" && ctest --output-on-failure -j"$jobs" -R "^($(IFS='|'; echo "${tsan_tests[*]}"))\$")
+  (cd "$b" && ctest --output-on-failure --stop-on-failure -j"$jobs" -R "^($(IFS='|'; echo "${tsan_tests[*]}"))\$")
 fi
 echo "sanitize: clean"
