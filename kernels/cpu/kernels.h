@@ -13,6 +13,7 @@ namespace kmq::cpu {
 
 struct LutWeight;  // lut.h
 struct LutTables;
+struct LutQ8Acts;
 
 // A weight matrix [rows, cols] in any stored form (plain pointers into the mapped file).
 // Quantized reconstruction: see include/kmq/quant.h.
@@ -54,6 +55,11 @@ struct Kernels {
   // lut_build_tables of lut.h (bit-identical to the portable version in every ISA).
   void (*lut_tables)(const LutWeight& w, const float* x, int64_t ldx, int64_t n_tok, const LutTables& t, int64_t b0,
                      int64_t b1);
+  // The int8 product of lut.h (lut_q8_*) for rows of tiles [tile0, tile1), bit-identical
+  // to lut_q8_matmul_ref; scratch: lut_q8_scratch_bytes, 64-byte aligned. nullptr where
+  // the ISA has none (the scalar table: exact products).
+  void (*lut_q8)(const LutWeight& w, const LutQ8Acts& a, int64_t n_tok, float* y, int64_t ldy, int64_t tile0,
+                 int64_t tile1, uint8_t* scratch);
 };
 
 const Kernels& kernels_ref();

@@ -14,6 +14,7 @@
 #include "kernels/cpu/kernel_util.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/lut.h"
+#include "kernels/cpu/lut_q8_x86.h"
 
 #ifndef KMQ_LUT_PREFETCH
 #define KMQ_LUT_PREFETCH 2048
@@ -333,6 +334,62 @@ void lut_matmul_avx2(const LutWeight& w, const LutTables& lt, int64_t n_tok, flo
   }
 }
 
+// The int8 product of lut.h (lut_q8_*), NT tokens per pass over a decoded tile: per step of
+// 4 columns, 4 vectors of 8 rows x 4 unsigned bytes, each vpmaddubsw'd with the token's 4
+// int8 x broadcast (pairs < 2^15: exact), widened by vpmaddwd(1) and added in int32.
+// Per 32 columns and token: 8 x (4 x 3) integer instructions for 1024 products, where the
+// LUT kernel spends ~16 lookups-and-adds on the same 1024 (docs/PERFORMANCE.md).
+template <int NT>
+void lut_q8_tokens_avx2(const LutWeight& w, const LutQ8Acts& a, int64_t t0, const uint8_t* dw, const float* rf,
+                        float* y, int64_t ldy, int64_t r0) {
+  const int64_t nc = w.n_chunks;
+  const __m256i ones = _mm256_set1_epi16(1);
+  alignas(32) float acc[NT][32] = {};
+  for (int64_t c = 0; c < nc; ++c) {
+    __m256i is[NT][4];
+    for (int t = 0; t < NT; ++t)
+      for (int k = 0; k < 4; ++k) is[t][k] = _mm256_setzero_si256();
+    const uint8_t* d = dw + c * 1024;
+    for (int s = 0; s < 8; ++s, d += 128) {
+      const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(d));
+      const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(d + 32));
+      const __m256i w2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(d + 64));
+      const __m256i w3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(d + 96));
+      for (int t = 0; t < NT; ++t) {
+        int32_t xv;
+        std::memcpy(&xv, a.xq + (t0 + t) * nc * 32 + c * 32 + s * 4, 4);
+        const __m256i xb = _mm256_set1_epi32(xv);
+        is[t][0] = _mm256_add_epi32(is[t][0], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, xb), ones));
+        is[t][1] = _mm256_add_epi32(is[t][1], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, xb), ones));
+        is[t][2] = _mm256_add_epi32(is[t][2], _mm256_madd_epi16(_mm256_maddubs_epi16(w2, xb), ones));
+        is[t][3] = _mm256_add_epi32(is[t][3], _mm256_madd_epi16(_mm256_maddubs_epi16(w3, xb), ones));
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      const __m256i corr = _mm256_set1_epi32(a.corr[(t0 + t) * nc + c]);
+      const __m256 xs = _mm256_set1_ps(a.xs[(t0 + t) * nc + c]);
+      for (int k = 0; k < 4; ++k) {
+        const __m256 f = _mm256_mul_ps(_mm256_loadu_ps(rf + c * 32 + 8 * k), xs);
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(is[t][k], corr));
+        _mm256_store_ps(acc[t] + 8 * k, _mm256_fmadd_ps(v, f, _mm256_load_ps(acc[t] + 8 * k)));
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) lut_q8_store(acc[t], y + (t0 + t) * ldy, r0, w.rows);
+}
+
+void lut_q8_avx2(const LutWeight& w, const LutQ8Acts& a, int64_t n_tok, float* y, int64_t ldy, int64_t tile0,
+                 int64_t tile1, uint8_t* scratch) {
+  uint8_t* dw = scratch;
+  float* rf = reinterpret_cast<float*>(scratch + w.n_chunks * 1024);
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    lut_q8_decode_tile(w, tile, dw, rf);
+    int64_t t = 0;
+    for (; t + 2 <= n_tok; t += 2) lut_q8_tokens_avx2<2>(w, a, t, dw, rf, y, ldy, tile * 32);
+    for (; t < n_tok; ++t) lut_q8_tokens_avx2<1>(w, a, t, dw, rf, y, ldy, tile * 32);
+  }
+}
+
 }  // namespace
 
 const Kernels& kernels_avx2() {
@@ -345,6 +402,7 @@ const Kernels& kernels_avx2() {
     t.axpy = axpy_avx2;
     t.lut_matmul = lut_matmul_avx2;
     t.lut_tables = lut_tables_avx2;
+    t.lut_q8 = lut_q8_avx2;
     return t;
   }();
   return k;

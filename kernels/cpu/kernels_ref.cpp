@@ -111,7 +111,7 @@ void swiglu_ref(float* out, const float* gate, const float* up, int64_t n) {
 
 const Kernels& kernels_ref() {
   static const Kernels k{"scalar", dequant_row_ref, matmul_ref, dot_ref, axpy_ref,
-                         rmsnorm_ref, softmax_ref, swiglu_ref, nullptr, nullptr};
+                         rmsnorm_ref, softmax_ref, swiglu_ref, nullptr, nullptr, nullptr};
   return k;
 }
 

@@ -54,6 +54,10 @@ struct LutWeight {
   int64_t n_scale_blocks = 0;     // per row
   DType scale_dtype = DType::kF16;
   float codebook[16] = {};        // 2^bits entries (3-bit: 8, rest 0)
+  // The int8 product (lut_q8_*, below; stored bits 4 only): codebook[k] ~= q8_scale *
+  // (q8_table[k] - 64), q8_table[k] in [1, 127].
+  uint8_t q8_table[16] = {};
+  float q8_scale = 0.0f;
   std::unique_ptr<uint8_t[]> storage;
   const uint8_t* weights = nullptr;   // n_tiles * tile_bytes()
   const uint16_t* scales = nullptr;   // n_tiles * n_scale_blocks * 32 (nullptr: no scales)
@@ -98,5 +102,36 @@ float lut_block_factors(const LutWeight& w, const float* gmax, int64_t n_groups,
 // Scalar reference of the LUT product: y[t * ldy + r] for rows of tiles [tile0, tile1).
 void lut_matmul_ref(const LutWeight& w, const LutTables& t, int64_t n_tok, float* y, int64_t ldy, int64_t tile0,
                     int64_t tile1);
+
+// The int8 product for prompts and batches at 3-4 bits (stored bits 4), where a lookup per
+// weight and token costs more than an integer dot (measurements: docs/PERFORMANCE.md).
+// Same packed weights; per call each tile is decoded once to unsigned bytes
+// q8_table[idx] in [1, 127] (the codebook quantized to 7 bits, c ~= q8_scale * (u - 64)),
+// and every token's x is quantized per chunk of 32 columns to int8 [-127, 127] with
+// scale xs (x ~= xs * q). Per row, token and chunk the integer dot is exact in int32:
+//   isum = sum_j u_j * q_j,   isum - corr = sum_j (u_j - 64) * q_j,   corr = 64 * sum_j q_j,
+// (u8 x s8 products: vpdpbusd on AVX-512 VNNI; AVX2's vpmaddubsw pairs stay below 2^15
+// since 2 * 127 * 127 < 32768, which is why the codebook has 7 bits). The float flush is
+// the same in every ISA: f = rowfactor * xs, acc = fma(float(isum - corr), f, acc), with
+// rowfactor = float(row scale of the chunk) * q8_scale (q8_scale alone without scales),
+// chunks in order: every ISA's result is bit-identical to lut_q8_matmul_ref.
+struct LutQ8Acts {
+  int8_t* xq = nullptr;     // [n_tok][n_chunks * 32], padded columns 0
+  float* xs = nullptr;      // [n_tok][n_chunks]
+  int32_t* corr = nullptr;  // [n_tok][n_chunks]
+};
+bool lut_q8_supported(const LutWeight& w);  // stored bits 4 (3- and 4-bit files)
+// Quantizes tokens [t0, t1) of x (rows of width w.cols, stride ldx). Portable code.
+void lut_q8_quantize(const LutWeight& w, const float* x, int64_t ldx, const LutQ8Acts& a, int64_t t0, int64_t t1);
+// Per-thread scratch of the kernels: one decoded tile and its row factors (64-aligned).
+size_t lut_q8_scratch_bytes(const LutWeight& w);
+// Scalar reference: y[t * ldy + r] for tokens [0, n_tok) and rows of tiles [tile0, tile1).
+void lut_q8_matmul_ref(const LutWeight& w, const LutQ8Acts& a, int64_t n_tok, float* y, int64_t ldy,
+                       int64_t tile0, int64_t tile1, uint8_t* scratch);
+// The row order of a decoded tile (x86 kernels' unpack order): position p holds row
+// kLutQ8Rows[p] of the tile; the decoded tile of chunk c and step s (columns 32c + 4s ..
+// 32c + 4s + 3) is 128 bytes: position p's 4 bytes at 4p.
+inline constexpr int kLutQ8Rows[32] = {0, 1, 2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
+                                       8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
 
 }  // namespace kmq::cpu

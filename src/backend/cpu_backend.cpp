@@ -2,7 +2,9 @@
 // table (kernels/cpu) and is split over the thread pool.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <fmt/format.h>
 
 #include "backend/backend.h"
@@ -54,6 +56,11 @@ class CpuBackend final : public Backend {
       });
     }
     luts_.push_back(std::move(lut));
+    // The output layer (logits; token_embd when tied) keeps the lookup-table product at
+    // every token count: the int8 product's 7-bit codebook moved perplexity by 0.26% on a
+    // 1-bit model with a 4-bit output layer (tests/cli/isa.sh), and prompts need the
+    // logits of one token only, so it costs prompt speed nothing.
+    q8_ok_.push_back(t.name != "output" && t.name != "token_embd");
     // Vectors (norm gains, biases) are converted to f32 once.
     std::vector<float> f;
     if (t.cols == 1 || t.ndim == 1) {
@@ -92,6 +99,15 @@ class CpuBackend final : public Backend {
   void matmul(Buf y, WeightId wid, Buf x, int64_t n_tok) override {
     const auto& w = weights_.at(wid.id);
     if (const cpu::LutWeight* L = luts_.at(wid.id).get()) {
+      // 3-4 bits, several tokens: the int8 product (lut.h), which beats a lookup per
+      // weight and token there (docs/PERFORMANCE.md).
+      if (k_.lut_q8 && n_tok >= q8_min_tokens_ && q8_ok_[size_t(wid.id)] && cpu::lut_q8_supported(*L)) {
+        for (int64_t t0 = 0; t0 < n_tok; t0 += kQ8Tokens) {
+          const int64_t nt = std::min(kQ8Tokens, n_tok - t0);
+          lut_q8_matmul(*L, y.p + t0 * w.rows, x.p + t0 * w.cols, nt);
+        }
+        return;
+      }
       // Tokens in groups small enough that their tables stay in cache while a tile of
       // weights is reused for each of them.
       for (int64_t t0 = 0; t0 < n_tok; t0 += kLutTokens) {
@@ -171,6 +187,9 @@ class CpuBackend final : public Backend {
 
  private:
   static constexpr int64_t kLutTokens = 16;
+  static constexpr int64_t kQ8Tokens = 256;    // tokens per int8 product call (bounds the buffers)
+  static constexpr int64_t kQ8MinTokens = 8;  // below: the tile decode costs more than it saves
+  const int64_t q8_min_tokens_ = q8_min_tokens();
 
   void lut_matmul(const cpu::LutWeight& L, float* y, const float* x, int64_t n_tok) {
     const size_t tb = size_t(n_tok * L.table_bytes()), mb = size_t(n_tok * L.mult_bytes());
@@ -186,6 +205,35 @@ class CpuBackend final : public Backend {
     const int64_t per = std::max<int64_t>(1, L.n_tiles / (pool_.size() * 8));
     pool_.run((L.n_tiles + per - 1) / per, [&](int64_t b, int) {
       k_.lut_matmul(L, lt, n_tok, y, L.rows, b * per, std::min(L.n_tiles, (b + 1) * per));
+    });
+  }
+
+  // Token count from which the int8 product replaces the LUT one at 3-4 bits:
+  // $KMQ_CPU_Q8_MIN_TOKENS (0: never), default kQ8MinTokens.
+  static int64_t q8_min_tokens() {
+    const char* e = std::getenv("KMQ_CPU_Q8_MIN_TOKENS");
+    if (!e || !*e) return kQ8MinTokens;
+    const long v = std::strtol(e, nullptr, 10);
+    return v <= 0 ? std::numeric_limits<int64_t>::max() : int64_t(v);
+  }
+
+  void lut_q8_matmul(const cpu::LutWeight& L, float* y, const float* x, int64_t n_tok) {
+    const size_t nq = size_t(n_tok * L.n_chunks);
+    if (q8x_.size() < nq * 32) q8x_.resize(nq * 32);
+    if (q8s_.size() < nq) q8s_.resize(nq);
+    if (q8c_.size() < nq) q8c_.resize(nq);
+    const cpu::LutQ8Acts a{q8x_.data(), q8s_.data(), q8c_.data()};
+    const int64_t parts = std::min<int64_t>(pool_.size(), n_tok);
+    pool_.run(parts, [&](int64_t p, int) {
+      cpu::lut_q8_quantize(L, x, L.cols, a, p * n_tok / parts, (p + 1) * n_tok / parts);
+    });
+    const size_t sb = (cpu::lut_q8_scratch_bytes(L) + 63) / 64 * 64;
+    if (q8scratch_.size() < sb * size_t(pool_.size()) + 64) q8scratch_.resize(sb * size_t(pool_.size()) + 64);
+    uint8_t* base = q8scratch_.data();
+    base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+    const int64_t per = std::max<int64_t>(1, L.n_tiles / (pool_.size() * 8));
+    pool_.run((L.n_tiles + per - 1) / per, [&](int64_t b, int thread) {
+      k_.lut_q8(L, a, n_tok, y, L.rows, b * per, std::min(L.n_tiles, (b + 1) * per), base + sb * size_t(thread));
     });
   }
 
@@ -205,6 +253,11 @@ class CpuBackend final : public Backend {
   std::vector<int8_t> tables_;
   std::vector<uint8_t> mults_;
   std::vector<float> tscale_;
+  std::vector<bool> q8_ok_;  // per weight: the int8 product may run (not the output layer)
+  std::vector<int8_t> q8x_;
+  std::vector<float> q8s_;
+  std::vector<int32_t> q8c_;
+  std::vector<uint8_t> q8scratch_;
   std::vector<std::vector<float>> vectors_;
   std::vector<std::unique_ptr<float[]>> buffers_;
   std::vector<std::vector<float>> scratch_, att_;
