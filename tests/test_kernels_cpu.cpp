@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <random>
 #include <vector>
 
@@ -242,6 +243,27 @@ TEST_CASE("kernels: KMQ_ISA choices are reported") {
 // reference, and the reference within int8-table error of the exact product.
 namespace {
 
+// Squared error of y[t * rows + r] against the exact product over n_tok tokens of x, and
+// the sum of the squared terms (an error relative to the size of the terms, robust when
+// a dot is near zero): NMSE = err / nrm.
+void error_vs_exact(const RandomWeight& w, const std::vector<float>& x, const std::vector<float>& y, int64_t n_tok,
+                    double& err, double& nrm) {
+  const auto& v = w.v;
+  err = nrm = 0;
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t r = 0; r < v.rows; ++r) {
+      double s = 0, s2 = 0;
+      for (int64_t j = 0; j < v.cols; ++j) {
+        const double p = double(expected(w, r, j)) * x[size_t(t * v.cols + j)];
+        s += p;
+        s2 += p * p;
+      }
+      const double d = y[size_t(t * v.rows + r)] - s;
+      err += d * d;
+      nrm += s2;
+    }
+}
+
 void check_lut(const RandomWeight& w, int64_t n_tok, double max_nmse) {
   const auto& v = w.v;
   REQUIRE(lut_supported(v));
@@ -257,20 +279,8 @@ void check_lut(const RandomWeight& w, int64_t n_tok, double max_nmse) {
   lut_build_tables(*L, x.data(), v.cols, n_tok, lt, bmid, L->n_blocks);
   std::vector<float> ref(size_t(n_tok * v.rows), -1.0f);
   lut_matmul_ref(*L, lt, n_tok, ref.data(), v.rows, 0, L->n_tiles);
-  double err = 0, nrm = 0;
-  for (int64_t t = 0; t < n_tok; ++t)
-    for (int64_t r = 0; r < v.rows; ++r) {
-      // error relative to the size of the terms (robust when a dot is near zero)
-      double s = 0, s2 = 0;
-      for (int64_t j = 0; j < v.cols; ++j) {
-        const double p = double(expected(w, r, j)) * x[size_t(t * v.cols + j)];
-        s += p;
-        s2 += p * p;
-      }
-      const double d = ref[size_t(t * v.rows + r)] - s;
-      err += d * d;
-      nrm += s2;
-    }
+  double err, nrm;
+  error_vs_exact(w, x, ref, n_tok, err, nrm);
   CHECK_MESSAGE(err / nrm < max_nmse, "LUT reference nmse ", err / nrm);
   if (std::getenv("KMQ_TEST_VERBOSE"))
     MESSAGE("bits ", v.bits, " sb ", v.scale_block, " rows ", v.rows, " cols ", v.cols, " nmse ", err / nrm);
@@ -298,20 +308,31 @@ void check_lut(const RandomWeight& w, int64_t n_tok, double max_nmse) {
 
 }  // namespace
 
-TEST_CASE("kernels: LUT path, bits 1-4 x scale blocks x odd shapes x token counts, every ISA bit-identical") {
-  uint64_t seed = 500;
-  for (int bits = 1; bits <= 4; ++bits)
-    for (int64_t sb : {0, 32, 64, 128, 256})
+namespace {
+
+// Per-tensor codebooks at bits [bits0, bits1] x scale blocks sbs x odd shapes (f16 or bf16
+// scales), one random weight each, handed to f.
+template <class F>
+void for_each_lut_weight(int bits0, int bits1, std::initializer_list<int64_t> sbs, uint64_t seed, F&& f) {
+  for (int bits = bits0; bits <= bits1; ++bits)
+    for (int64_t sb : sbs)
       for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 32}, {33, 64}, {70, 100}, {64, 257}, {5, 1100}, {200, 96}}) {
         CAPTURE(bits);
         CAPTURE(sb);
         CAPTURE(rows);
         CAPTURE(cols);
         const DType sc = (seed % 3 == 0) ? DType::kBF16 : DType::kF16;
-        auto w = make_weight(DType::kKmq, bits, CodebookScope::kTensor, rows, cols, 0, sb, DType::kF32, sc, seed++);
-        for (int64_t n_tok : {1, 3, 6})  // 1, 3: the two-tile decode kernel; 6: the 4-token kernel and a remainder
-          check_lut(w, n_tok, 1e-3);
+        f(make_weight(DType::kKmq, bits, CodebookScope::kTensor, rows, cols, 0, sb, DType::kF32, sc, seed++));
       }
+}
+
+}  // namespace
+
+TEST_CASE("kernels: LUT path, bits 1-4 x scale blocks x odd shapes x token counts, every ISA bit-identical") {
+  for_each_lut_weight(1, 4, {0, 32, 64, 128, 256}, 500, [](const RandomWeight& w) {
+    for (int64_t n_tok : {1, 3, 6})  // 1, 3: the two-tile decode kernel; 6: the 4-token kernel and a remainder
+      check_lut(w, n_tok, 1e-3);
+  });
 }
 
 // The int8 product of lut.h (3-4 bits): every ISA bit-identical to lut_q8_matmul_ref, and
@@ -334,19 +355,8 @@ void check_lut_q8(const RandomWeight& w, int64_t n_tok, double max_nmse) {
   uint8_t* sp = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
   std::vector<float> ref(size_t(n_tok * v.rows), -1.0f);
   lut_q8_matmul_ref(*L, a, n_tok, ref.data(), v.rows, 0, L->n_tiles, sp);
-  double err = 0, nrm = 0;
-  for (int64_t t = 0; t < n_tok; ++t)
-    for (int64_t r = 0; r < v.rows; ++r) {
-      double s = 0, s2 = 0;
-      for (int64_t j = 0; j < v.cols; ++j) {
-        const double p = double(expected(w, r, j)) * x[size_t(t * v.cols + j)];
-        s += p;
-        s2 += p * p;
-      }
-      const double d = ref[size_t(t * v.rows + r)] - s;
-      err += d * d;
-      nrm += s2;
-    }
+  double err, nrm;
+  error_vs_exact(w, x, ref, n_tok, err, nrm);
   CHECK_MESSAGE(err / nrm < max_nmse, "int8 product reference nmse ", err / nrm);
   if (std::getenv("KMQ_TEST_VERBOSE"))
     MESSAGE("q8 bits ", v.bits, " sb ", v.scale_block, " rows ", v.rows, " cols ", v.cols, " nmse ", err / nrm);
@@ -373,19 +383,10 @@ void check_lut_q8(const RandomWeight& w, int64_t n_tok, double max_nmse) {
 }  // namespace
 
 TEST_CASE("kernels: int8 product at 3-4 bits x scale blocks x odd shapes x token counts, every ISA bit-identical") {
-  uint64_t seed = 900;
-  for (int bits = 3; bits <= 4; ++bits)
-    for (int64_t sb : {0, 32, 64, 96, 256})
-      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 32}, {33, 64}, {70, 100}, {64, 257}, {5, 1100}, {200, 96}}) {
-        CAPTURE(bits);
-        CAPTURE(sb);
-        CAPTURE(rows);
-        CAPTURE(cols);
-        const DType sc = (seed % 3 == 0) ? DType::kBF16 : DType::kF16;
-        auto w = make_weight(DType::kKmq, bits, CodebookScope::kTensor, rows, cols, 0, sb, DType::kF32, sc, seed++);
-        for (int64_t n_tok : {1, 3, 4, 13})  // the kernels' 8-, 4-, 2- and 1-token passes and tails
-          check_lut_q8(w, n_tok, 1e-3);
-      }
+  for_each_lut_weight(3, 4, {0, 32, 64, 96, 256}, 900, [](const RandomWeight& w) {
+    for (int64_t n_tok : {1, 3, 4, 13})  // the kernels' 8-, 4-, 2- and 1-token passes and tails
+      check_lut_q8(w, n_tok, 1e-3);
+  });
   auto w2 = make_weight(DType::kKmq, 2, CodebookScope::kTensor, 32, 64, 0, 0, DType::kF32, DType::kF16, 3);
   CHECK_FALSE(lut_q8_supported(*pack_lut(w2.v)));  // 1-2 bits stay on the LUT product
 }
