@@ -22,6 +22,14 @@
 // weight-side path must expand every index to a byte, costing 4x more per byte at 1 bit
 // than at 4 bits. Measurements: docs/PERFORMANCE.md.
 //
+// Prompts and batches at 3-4 bits take the weight-side technique instead (lut_q8_*,
+// below): there a lookup per weight and token costs more than an integer dot, since a
+// decoded tile is reused by every token. Measured on 1B shapes, 4.25 bpw, pp512, one
+// thread (AMD Zen 5, 2026-12-04): LUT kernel 52.4 tok/s -> int8 product 117.9 with AVX-512
+// VNNI (2.25x), 49.1 -> 55.7 with AVX2 (1.13x; 1.33x on two threads). Below 8 tokens the
+// per-call tile decode (~8 VNNI tokens' worth of work) makes it lose, and at 1-2 bits the
+// LUT kernel's cost per weight falls with the bits, so both stay on the LUT path.
+//
 // The packed layout (built once at load, pack_lut()):
 //   rows are padded to tiles of 32, columns to chunks of 32; for tile t, chunk c, the
 //   8*b' nibble groups of the chunk (b' = 4 for 3-bit) are stored as 4*b' vectors of 32
