@@ -130,9 +130,14 @@ void read_post_processor(TokenizerData& d, const Json& pp, const std::string& wh
       const std::string name = str_or(*st, "id");
       int32_t id = -1;
       const auto sp = c.find("special_tokens");
-      if (sp != c.end() && sp->is_object() && sp->contains(name)) {
-        const Json& ids = (*sp)[name]["ids"];
-        if (ids.is_array() && ids.size() == 1) id = int32_t(checked_id(ids[0], where + ": post_processor"));
+      // find(), never const operator[]: a missing key there is undefined behaviour (fuzzing found it).
+      if (sp != c.end() && sp->is_object()) {
+        const auto entry = sp->find(name);
+        if (entry != sp->end() && entry->is_object()) {
+          const auto ids = entry->find("ids");
+          if (ids != entry->end() && ids->is_array() && ids->size() == 1)
+            id = int32_t(checked_id((*ids)[0], where + ": post_processor"));
+        }
       }
       if (id < 0) id = find_token(d, name);
       if (id < 0 || size_t(id) >= d.tokens.size())
