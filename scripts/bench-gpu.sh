@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks in one run (docs/PERFORMANCE.md, GPU): the CUDA kernels against
-# the CPU reference under each decode-kernel choice (KMQ_CUDA_GEMV=q8|q8fast|f32), with
+# the CPU reference under each decode-kernel choice (KMQ_CUDA_GEMV=q8lite|q8|q8fast|f32), with
 # the former prompt slabs (KMQ_CUDA_SLABS=small) and with the decode fusions and PDL off
 # (KMQ_CUDA_FUSE=0 KMQ_CUDA_PDL=0), the end-to-end GPU tests (these run side by side: the
 # checks do not need the GPU to themselves), then the llama-3.1-8b benchmark of
@@ -42,19 +42,21 @@ wait_checks() {
 for step in $steps; do
   case $step in
     kernels)
+      check kernels-q8lite "KMQ_CUDA_GEMV=q8lite" "$bin/test_cuda_kernels"
       check kernels-q8 "KMQ_CUDA_GEMV=q8" "$bin/test_cuda_kernels"
       check kernels-q8fast "KMQ_CUDA_GEMV=q8fast" "$bin/test_cuda_kernels"
       check kernels-f32 "KMQ_CUDA_GEMV=f32" "$bin/test_cuda_kernels"
       check kernels-small "KMQ_CUDA_SLABS=small" "$bin/test_cuda_kernels"
       check kernels-nofuse "KMQ_CUDA_FUSE=0 KMQ_CUDA_PDL=0" "$bin/test_cuda_kernels" ;;
     e2e)
-      check e2e "KMQ_CUDA_GRAPHS=1" "$bin/test_cuda_e2e" -s ;;
+      check e2e "KMQ_CUDA_GRAPHS=1" "$bin/test_cuda_e2e" -s
+      check e2e-q8 "KMQ_CUDA_GEMV=q8" "$bin/test_cuda_e2e" -s ;;
     sanitize)
-      check memcheck "KMQ_CUDA_GEMV=q8" compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_cuda_kernels" \
+      check memcheck "KMQ_CUDA_GEMV=q8lite" compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_cuda_kernels" \
         -tc="*fused*,*rope of q*" ;;
     bench)
       wait_checks
-      grep -hE "MESSAGE|ppl|SKIP" "$out"/e2e.log 2>/dev/null | head -20
+      grep -E "MESSAGE|ppl|SKIP" "$out"/e2e*.log 2>/dev/null | head -40
       if [ -n "${KMQ_GPU_BASE_BIN:-}" ]; then
         start=$SECONDS
         KMQ_CUDA_BENCH=${KMQ_CUDA_BENCH:-8b} KMQ_CUDA_BENCH_MODES= KMQ_CUDA_BENCH_OUT="$out/bench-base.md" timeout 480 \

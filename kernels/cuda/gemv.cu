@@ -444,25 +444,20 @@ bool gemv_half_supported(const CudaWeight& w, const float* x, int64_t ldx) {
          ldx % 4 == 0;
 }
 
-// Which decode kernel quantized weights use: KMQ_CUDA_GEMV=q8 (the default: the integer
-// kernel of gemv_q8.cu, x in two int8 planes, wherever it applies, else the f32 LUT kernel
-// above), q8fast (the same with x in one int8 plane) or f32 (never the integer kernel).
+// Which decode kernel quantized weights use (KMQ_CUDA_GEMV, gemv.cuh: q8, q8fast, q8lite,
+// f32): the integer kernel of gemv_q8.cu wherever it applies, else the f32 LUT kernel above.
 // Measured on an H200 (docs/PERFORMANCE.md, GPU): 1.4-2.0x the f32 kernel on the output
 // layer, the same greedy tokens and perplexity end to end.
-
-int q8_planes() {  // 0: f32 kernel only
-  static const int planes = [] {
-    const char* e = std::getenv("KMQ_CUDA_GEMV");
-    const std::string v = e ? e : "";
-    return v == "f32" ? 0 : v == "q8fast" ? 1 : 2;
-  }();
-  return planes;
+int q8_mode() {
+  const char* e = std::getenv("KMQ_CUDA_GEMV");
+  const std::string v = e ? e : "";
+  return v == "f32" ? kQ8Off : v == "q8fast" ? kQ8X1 : v == "q8" ? kQ8X2 : kQ8X1C1;
 }
 
 void gemv_kmq_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
                    cudaStream_t st, bool pdl) {
-  if (const int planes = q8_planes(); planes > 0 && gemv_q8_supported(w, x, ldx)) {
-    gemv_q8_cuda(w, x, ldx, n_tok, y, ldy, planes, st, pdl);
+  if (const int mode = q8_mode(); mode != kQ8Off && gemv_q8_supported(w, x, ldx)) {
+    gemv_q8_cuda(w, x, ldx, n_tok, y, ldy, mode, st, pdl);
     return;
   }
   const bool two_fit = 2 * ((w.cols + 31) / 32) * kXPad * 4 <= 100 * 1024;  // keep 2 blocks per SM

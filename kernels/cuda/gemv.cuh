@@ -34,15 +34,22 @@ bool gemv_half_supported(const CudaWeight& w, const float* x, int64_t ldx);
 
 void gemv_kmq_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
                    cudaStream_t stream, bool pdl = false);
-// The x planes the integer kernel uses under KMQ_CUDA_GEMV (2: default, 1: q8fast, 0: f32,
-// the integer kernel off).
-int q8_planes();
+// The integer kernel's precision, chosen by KMQ_CUDA_GEMV (read on every call; the backend
+// reads it once when it is created):
+//   q8lite (kQ8X1C1, the default): x and the codebook in one int8 plane each (the
+//          codebook's scale searched to minimise its rounding), about half the 2- and
+//          4-bit decode work of q8; the backend keeps the output layer at q8;
+//   q8     (kQ8X2): x in two int8 planes, the codebook in two (~16 bits each);
+//   q8fast (kQ8X1): x in one int8 plane (llama.cpp's q8_1), the codebook in two;
+//   f32    (kQ8Off): never the integer kernel.
+enum Q8Mode : int { kQ8Off = 0, kQ8X1 = 1, kQ8X2 = 2, kQ8X1C1 = 3 };
+int q8_mode();
 // The integer (dp4a) kernel of gemv_q8.cu: tensor-scope codebooks at 1, 2, 4 bits in the
-// fast layout, scale block 0 or 64 * 2^k; x quantized per 64 columns in x_planes (1 or 2)
-// int8 planes. gemv_kmq_cuda uses it where it applies unless KMQ_CUDA_GEMV=f32.
+// fast layout, scale block 0 or 64 * 2^k; x quantized per 64 columns to int8 as `mode`
+// (a Q8Mode other than kQ8Off) says. gemv_kmq_cuda uses it where it applies unless KMQ_CUDA_GEMV=f32.
 bool gemv_q8_supported(const CudaWeight& w, const float* x, int64_t ldx);
 void gemv_q8_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
-                  int x_planes, cudaStream_t stream, bool pdl = false);
+                  int mode, cudaStream_t stream, bool pdl = false);
 
 // One launch of the integer kernel over up to 3 weights that read the same x (the decode
 // path's q/k/v, gate/up), with optional fusions (docs/PERFORMANCE.md, GPU):
@@ -70,7 +77,7 @@ struct Q8Job {
   int trigger = 0;          // PDL trigger: 0 after the wait, 1 after staging x, 2 at each warp's last step
 };
 bool gemv_q8_same_geometry(const CudaWeight& a, const CudaWeight& b);
-void gemv_q8_job_cuda(const Q8Job& job, int x_planes, cudaStream_t stream, bool pdl);
+void gemv_q8_job_cuda(const Q8Job& job, int mode, cudaStream_t stream, bool pdl);
 
 void gemv_half_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy,
                     cudaStream_t stream, bool pdl = false);

@@ -10,9 +10,12 @@
 //    (XP = 2: about 16 bits, f32-like results; XP = 1: like llama.cpp's q8_1), by all
 //    threads of a block at once (a thread per 16-byte word of the layout, 4 lanes per
 //    block of 64 columns), stored in shared memory in the order each decoder consumes it;
-//  - the codebook (2 and 4 bits) is int8 in two planes, c ~= dcb * (ch + cl/254), so it
-//    is exact to about 16 bits (one plane moved logits of the bundled 4-bit model by up
-//    to 0.12); at 1 bit the dot is c0 * sum(x) + (c1 - c0) * (sum of x at set bits);
+//  - the codebook (2 and 4 bits) is int8 in CP planes: CP = 2, c ~= dcb * (ch + cl/254),
+//    exact to about 16 bits (the default: one plane with the scale cmax/127 moved logits
+//    of the bundled 4-bit model by up to 0.12); CP = 1 (KMQ_CUDA_GEMV=q8lite, with XP = 1)
+//    c ~= dcb * ch with dcb = cmax/m, m in 64..127 searched per launch by a warp to
+//    minimise the rounding, which halves the lookups and leaves 1 dp4a per 4 weights;
+//    at 1 bit the dot is c0 * sum(x) + (c1 - c0) * (sum of x at set bits);
 //  - decoders, per 32-bit word of indices:
 //      4 bits: 8 indices; per plane two __byte_perm lookups in the 16-byte table per 4
 //              indices and one merge (bit 3 of each index picks the half);
@@ -132,9 +135,54 @@ __device__ void q8_table(const float* cbk, uint32_t* th, uint32_t* tl, float* f)
   }
 }
 
-template <int B, int NT, int XP, bool SWI, int R>
+// One int8 plane (CP = 1, 2 and 4 bits), by the whole warp: c ~= s * th with s = cmax / m
+// for the m in 64..127 (one per lane and half-warp round) that minimises the rounding
+// error sum((c - s * round(c / s))^2); lane 0 writes the table. Choosing m instead of
+// always 127 lets a codebook whose centroids sit near a grid land on it. (The CPU's int8
+// prompt product rounds its codebook to 7 bits: kernels/cpu/lut.h, lut_q8_*.)
+template <int B>
+__device__ void q8_table1(const float* cbk, uint32_t* th, uint32_t* tl, float* f) {
+  constexpr int K = 1 << B;
+  const int lane = int(threadIdx.x & 31);
+  float c[K];
+  float cmax = 0.0f;
+#pragma unroll
+  for (int e = 0; e < K; ++e) c[e] = __ldg(cbk + e), cmax = fmaxf(cmax, fabsf(c[e]));
+  float best = INFINITY;
+  int best_m = 127;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int m = 127 - lane - 32 * h;
+    const float s = cmax / float(m), is = float(m) / cmax;
+    float err = 0.0f;
+#pragma unroll
+    for (int e = 0; e < K; ++e) {
+      const float d = c[e] - s * rintf(c[e] * is);
+      err = fmaf(d, d, err);
+    }
+    if (err < best) best = err, best_m = m;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {  // argmin over the warp; ties to the larger m
+    const float eb = __shfl_xor_sync(0xffffffffu, best, o);
+    const int mb = __shfl_xor_sync(0xffffffffu, best_m, o);
+    if (eb < best || (eb == best && mb > best_m)) best = eb, best_m = mb;
+  }
+  if (lane != 0) return;
+  const float is = cmax > 0.0f ? float(best_m) / cmax : 0.0f;
+  f[0] = cmax / float(best_m);
+  f[1] = c[0];
+  f[2] = c[1];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) th[e] = tl[e] = 0;
+#pragma unroll
+  for (int e = 0; e < K; ++e) th[e >> 2] |= uint32_t(__float2int_rn(c[e] * is) & 0xff) << (8 * (e & 3));
+}
+
+template <int B, int NT, int XP, int CP, bool SWI, int R>
 __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
     gemv_q8_kernel(const Q8Job job, int sb_shift) {
+  static_assert(CP == 2 || (CP == 1 && XP == 1 && B != 1), "one codebook plane: x in one plane, 2 and 4 bits");
   using Gm = Q8Geom<B>;
   constexpr int W = Gm::W, G = Gm::G, N4 = Gm::N4, RH = R / 2;
   constexpr int NTAB = SWI ? 2 : 1;  // codebook tables a warp holds in registers
@@ -214,7 +262,13 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
   if (p < n_items) load(cur, csc, p, 0);  // constant data: goes out before the wait below
 
   // the codebook tables of the job's weights, into shared memory (constant data too)
-  if (warp == 0 && lane < job.n_w) {
+  if constexpr (CP == 1) {
+    if (warp == 0)
+      for (int wi = 0; wi < job.n_w; ++wi) {
+        const float* cbk = wi == 0 ? job.w[0].codebooks : wi == 1 ? job.w[1].codebooks : job.w[2].codebooks;
+        q8_table1<B>(cbk, s_tab[wi], s_tab[wi] + 4, s_cbf[wi]);
+      }
+  } else if (warp == 0 && lane < job.n_w) {
     const float* cbk = lane == 0 ? job.w[0].codebooks : lane == 1 ? job.w[1].codebooks : job.w[2].codebooks;
     q8_table<B>(cbk, s_tab[lane], s_tab[lane] + 4, s_cbf[lane]);
   }
@@ -451,14 +505,22 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
                 const uint32_t hs = 0x32103210u | ((q & 0x88888888u) >> 1), hs1 = hs >> 16;
                 const uint32_t h0 = prmt(prmt(th[ti][0], th[ti][1], q7), prmt(th[ti][2], th[ti][3], q7), hs);
                 const uint32_t h1 = prmt(prmt(th[ti][0], th[ti][1], qs), prmt(th[ti][2], th[ti][3], qs), hs1);
-                const uint32_t l0 = prmt(prmt(tl[ti][0], tl[ti][1], q7), prmt(tl[ti][2], tl[ti][3], q7), hs);
-                const uint32_t l1 = prmt(prmt(tl[ti][0], tl[ti][1], qs), prmt(tl[ti][2], tl[ti][3], qs), hs1);
 #pragma unroll
                 for (int t = 0; t < NT; ++t) {
                   d0[r][t] = dp4a_s(h0, xw(t, 0, 2 * m), d0[r][t]);
                   d0[r][t] = dp4a_s(h1, xw(t, 0, 2 * m + 1), d0[r][t]);
-                  d1[r][t] = dp4a_s(l0, xw(t, 0, 2 * m), d1[r][t]);
-                  d1[r][t] = dp4a_s(l1, xw(t, 0, 2 * m + 1), d1[r][t]);
+                }
+                if constexpr (CP == 2) {
+                  const uint32_t l0 = prmt(prmt(tl[ti][0], tl[ti][1], q7), prmt(tl[ti][2], tl[ti][3], q7), hs);
+                  const uint32_t l1 = prmt(prmt(tl[ti][0], tl[ti][1], qs), prmt(tl[ti][2], tl[ti][3], qs), hs1);
+#pragma unroll
+                  for (int t = 0; t < NT; ++t) {
+                    d1[r][t] = dp4a_s(l0, xw(t, 0, 2 * m), d1[r][t]);
+                    d1[r][t] = dp4a_s(l1, xw(t, 0, 2 * m + 1), d1[r][t]);
+                  }
+                }
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
                   if constexpr (XP == 2) {
                     d1[r][t] = dp4a_s(h0, xw(t, 1, 2 * m), d1[r][t]);
                     d1[r][t] = dp4a_s(h1, xw(t, 1, 2 * m + 1), d1[r][t]);
@@ -471,11 +533,11 @@ __global__ void __launch_bounds__(kWarpsQ8 * 32, NT == 1 && B != 4 ? 3 : 2)
               const uint32_t sel[4] = {e, e >> 16, od, od >> 16};
 #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const uint32_t hv = prmt(th[ti][0], th[ti][0], sel[u]), lv = prmt(tl[ti][0], tl[ti][0], sel[u]);
+                const uint32_t hv = prmt(th[ti][0], th[ti][0], sel[u]);
 #pragma unroll
                 for (int t = 0; t < NT; ++t) {
                   d0[r][t] = dp4a_s(hv, xw(t, 0, u), d0[r][t]);
-                  d1[r][t] = dp4a_s(lv, xw(t, 0, u), d1[r][t]);
+                  if constexpr (CP == 2) d1[r][t] = dp4a_s(prmt(tl[ti][0], tl[ti][0], sel[u]), xw(t, 0, u), d1[r][t]);
                   if constexpr (XP == 2) d1[r][t] = dp4a_s(hv, xw(t, 1, u), d1[r][t]);
                 }
               }
@@ -569,9 +631,9 @@ size_t q8_smem(const CudaWeight& w, int nt, int xp) {
   return size_t(nt) * (size_t(xp) * Q8Geom<B>::N4 * n_ls * 16 + nblk * 8);
 }
 
-template <int B, int NT, int XP, bool SWI, int R>
+template <int B, int NT, int XP, int CP, bool SWI, int R>
 void launch_q8(const Q8Job& job, int sb_shift, cudaStream_t st, bool pdl) {
-  auto* kern = gemv_q8_kernel<B, NT, XP, SWI, R>;
+  auto* kern = gemv_q8_kernel<B, NT, XP, CP, SWI, R>;
   static const bool raised = [&] {  // once per instantiation, before any graph capture
     KMQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmemQ8));
     return true;
@@ -598,7 +660,7 @@ Q8Job job_slice(const Q8Job& job, int64_t t, int64_t n) {
   return j;
 }
 
-template <int B, int XP, bool SWI>
+template <int B, int XP, int CP, bool SWI>
 void run_q8(const Q8Job& job, int sb_shift, cudaStream_t st, bool pdl) {
   const bool two_fit = q8_smem<B>(job.w[0], 2, XP) <= 100 * 1024;  // keep 2 blocks per SM
   for (int64_t t = 0; t < job.n_tok;) {
@@ -608,22 +670,22 @@ void run_q8(const Q8Job& job, int sb_shift, cudaStream_t st, bool pdl) {
     int c1, c2;
     const bool r2 = B != 4 && q8_items<2, SWI>(job, &c1, &c2) <= sm_count() * (two ? 2 : 3) * kWarpsQ8;
     if (two) {
-      if (r2) launch_q8<B, 2, XP, SWI, 2>(job_slice(job, t, 2), sb_shift, st, pdl);
-      else launch_q8<B, 2, XP, SWI, Q8Geom<B>::R>(job_slice(job, t, 2), sb_shift, st, pdl);
+      if (r2) launch_q8<B, 2, XP, CP, SWI, 2>(job_slice(job, t, 2), sb_shift, st, pdl);
+      else launch_q8<B, 2, XP, CP, SWI, Q8Geom<B>::R>(job_slice(job, t, 2), sb_shift, st, pdl);
     } else {
-      if (r2) launch_q8<B, 1, XP, SWI, 2>(job_slice(job, t, 1), sb_shift, st, pdl);
-      else launch_q8<B, 1, XP, SWI, Q8Geom<B>::R>(job_slice(job, t, 1), sb_shift, st, pdl);
+      if (r2) launch_q8<B, 1, XP, CP, SWI, 2>(job_slice(job, t, 1), sb_shift, st, pdl);
+      else launch_q8<B, 1, XP, CP, SWI, Q8Geom<B>::R>(job_slice(job, t, 1), sb_shift, st, pdl);
     }
     t += two ? 2 : 1;
   }
 }
 
-template <int XP, bool SWI>
+template <int XP, int CP, bool SWI>
 void run_q8_bits(const Q8Job& job, int sb_shift, cudaStream_t st, bool pdl) {
   switch (job.w[0].bits) {
-    case 1: run_q8<1, XP, SWI>(job, sb_shift, st, pdl); break;
-    case 2: run_q8<2, XP, SWI>(job, sb_shift, st, pdl); break;
-    default: run_q8<4, XP, SWI>(job, sb_shift, st, pdl); break;
+    case 1: run_q8<1, XP, 2, SWI>(job, sb_shift, st, pdl); break;  // 1 bit: no int8 codebook
+    case 2: run_q8<2, XP, CP, SWI>(job, sb_shift, st, pdl); break;
+    default: run_q8<4, XP, CP, SWI>(job, sb_shift, st, pdl); break;
   }
 }
 
@@ -652,19 +714,22 @@ bool gemv_q8_same_geometry(const CudaWeight& a, const CudaWeight& b) {
          a.scale_bf16 == b.scale_bf16 && (a.scales == nullptr) == (b.scales == nullptr) && a.scope == b.scope;
 }
 
-void gemv_q8_job_cuda(const Q8Job& job, int x_planes, cudaStream_t st, bool pdl) {
+void gemv_q8_job_cuda(const Q8Job& job, int mode, cudaStream_t st, bool pdl) {
   const int sh = scale_shift(job.w[0]);
   const bool swi = job.swiglu_out != nullptr;
-  if (x_planes == 1) {
-    if (swi) run_q8_bits<1, true>(job, sh, st, pdl);
-    else run_q8_bits<1, false>(job, sh, st, pdl);
+  if (mode == kQ8X1C1) {
+    if (swi) run_q8_bits<1, 1, true>(job, sh, st, pdl);
+    else run_q8_bits<1, 1, false>(job, sh, st, pdl);
+  } else if (mode == kQ8X1) {
+    if (swi) run_q8_bits<1, 2, true>(job, sh, st, pdl);
+    else run_q8_bits<1, 2, false>(job, sh, st, pdl);
   } else {
-    if (swi) run_q8_bits<2, true>(job, sh, st, pdl);
-    else run_q8_bits<2, false>(job, sh, st, pdl);
+    if (swi) run_q8_bits<2, 2, true>(job, sh, st, pdl);
+    else run_q8_bits<2, 2, false>(job, sh, st, pdl);
   }
 }
 
-void gemv_q8_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy, int x_planes,
+void gemv_q8_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_tok, float* y, int64_t ldy, int mode,
                   cudaStream_t st, bool pdl) {
   Q8Job job;
   job.w[0] = w;
@@ -673,7 +738,7 @@ void gemv_q8_cuda(const CudaWeight& w, const float* x, int64_t ldx, int64_t n_to
   job.x = x;
   job.ldx = ldx;
   job.n_tok = n_tok;
-  gemv_q8_job_cuda(job, x_planes, st, pdl);
+  gemv_q8_job_cuda(job, mode, st, pdl);
 }
 
 }  // namespace kmq::cuda

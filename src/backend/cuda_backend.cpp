@@ -78,6 +78,7 @@ class CudaBackend final : public Backend {
     pdl_ = prop_.major >= 9 && !(pd && std::string(pd) == "0");
     const char* fu = std::getenv("KMQ_CUDA_FUSE");
     fuse_ = !(fu && std::string(fu) == "0");
+    q8_mode_ = cuda::q8_mode();
     // KMQ_CUDA_PDL_TRIGGER=early|staged|late, for all bit widths or as "1:late,4:early"
     if (const char* tr = std::getenv("KMQ_CUDA_PDL_TRIGGER"); tr && *tr) {
       const std::string v = tr;
@@ -109,9 +110,10 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override {
-    return fmt::format("cuda ({}, sm_{}{}, {:.1f} GiB, graphs {}, pdl {}, fusion {})", prop_.name, prop_.major,
+    static const char* const kQ8Names[] = {"f32", "q8fast", "q8", "q8lite"};
+    return fmt::format("cuda ({}, sm_{}{}, {:.1f} GiB, graphs {}, pdl {}, fusion {}, gemv {})", prop_.name, prop_.major,
                        prop_.minor, double(prop_.totalGlobalMem) / double(1 << 30), use_graphs_ ? "on" : "off",
-                       pdl_ ? "on" : "off", fuse_ ? "on" : "off");
+                       pdl_ ? "on" : "off", fuse_ ? "on" : "off", kQ8Names[std::clamp(q8_mode_, 0, 3)]);
   }
   int n_threads() const override { return 1; }
 
@@ -186,8 +188,10 @@ class CudaBackend final : public Backend {
     need(y, n_tok * w.rows, "matmul output");
     cudaStream_t st = stream_;
     if (n_tok <= kGemvMaxTok) {
-      const int planes = cuda::q8_planes();
-      if (planes > 0 && cuda::gemv_q8_supported(w, x.p, w.cols)) {
+      // q8lite: the output layer (its own or the tied embedding) keeps the default precision
+      const std::string& wname = weights_.at(wid.id).name;
+      const int planes = q8_mode_ == cuda::kQ8X1C1 && (wname == "output" || wname == "token_embd") ? int(cuda::kQ8X2) : q8_mode_;
+      if (planes != cuda::kQ8Off && cuda::gemv_q8_supported(w, x.p, w.cols)) {
         if (fuse_ && fuse_matmul(y, w, wid.id, x, n_tok, planes)) return;
         const bool pdl = take_pdl(true);
         cuda::Q8Job j;
@@ -792,6 +796,7 @@ class CudaBackend final : public Backend {
   unsigned* counters_ = nullptr;
   int64_t counters_n_ = 0;
   bool pdl_ = false, fuse_ = true, prev_kernel_ = false;
+  int q8_mode_ = cuda::kQ8X1C1;  // KMQ_CUDA_GEMV, read once (cuda::q8_mode)
   // PDL trigger placement of the integer kernel per bit width (Q8Job::trigger): each
   // warp's last step ("late"); measured on an H200 against "early" (after the wait):
   // +1 / +2 / +12% decode at 2.25 / 4.25 / 1.25 bpw (docs/PERFORMANCE.md).
