@@ -84,7 +84,7 @@ TEST_CASE("cuda e2e: kmq-novels-51m bf16 reproduces transformers' logits, greedy
     auto r = ppl_of(*model, file, 8);
     const double want = gp[file]["ctx512_first8"]["ppl"].get<double>();
     MESSAGE(std::string(file), ": ppl ", r.ppl, " vs reference ", want);
-    CHECK_MESSAGE(std::abs(r.ppl / want - 1) < 1e-3, file, ": ppl ", r.ppl, " vs ", want);
+    CHECK_MESSAGE(std::abs(r.ppl / want - 1) < 1e-3, std::string(file), ": ppl ", r.ppl, " vs ", want);
   }
 }
 

@@ -137,6 +137,11 @@ int main(int argc, char** argv) {
   app.add_option("--refine-damp", refine_opts.hessian.damp,
                  "Relative ridge added to the inputs' second-moment matrix (GPTQ's damping)")
       ->check(CLI::Range(0.0, 10.0))->capture_default_str();
+  app.add_option("--refine-embed-damp", refine_opts.embed_damp,
+                 "A tied embedding (also the output layer): > 0 refits it after the blocks as the output\n"
+                 "layer, with this relative ridge (it stays near the plain fit its input role wants);\n"
+                 "0: the plain fit")
+      ->check(CLI::Range(0.0, 100.0))->capture_default_str();
   app.add_option("--refine-target", refine_target,
                  "quant: fit W on the quantized inputs (GPTQ; the better one on held-out text);\n"
                  "float: fit the float model's outputs (corrects earlier layers' error, overfits)")

@@ -122,11 +122,11 @@ std::map<std::string, QuantizedTensor> refine_quantize(const SourceModel& src, c
     fm.begin(chunk);
     qm.begin(chunk);
   }
-  const double damp = ro.hessian.damp;
 
   // One stage: the matrices `names` sharing one input; xf / xq: [T, cols].
   auto stage = [&](const std::vector<std::string>& names, const std::vector<float>& xf, const std::vector<float>& xq,
-                   int64_t cols) {
+                   int64_t cols, const HessianOptions& hopt) {
+    const double damp = hopt.damp;
     std::vector<double> h(static_cast<size_t>(cols * cols));
     gram(pool, xq.data(), cols, xq.data(), cols, T, h.data());
     double mean_diag = 0;
@@ -173,13 +173,13 @@ std::map<std::string, QuantizedTensor> refine_quantize(const SourceModel& src, c
       }
       HessianReport rep;
       const auto t0 = std::chrono::steady_clock::now();
-      QuantizedTensor q = quantize_hessian(target.data(), rows, cols, h.data(), ch.quant, ro.hessian, &rep);
+      QuantizedTensor q = quantize_hessian(target.data(), rows, cols, h.data(), ch.quant, hopt, &rep);
       qm.set_weight(name, dequantize(q));
       const double ref = rep.err_ref > 0 ? rep.err_ref : 1.0;
       log(fmt::format("  refine: {:<18} q{} output error {:.3e} -> {:.3e} ({:+.1f}%)  {:.1f} s", name, q.bits,
                       rep.err_plain / ref, rep.err_final / ref, 100.0 * (rep.err_final / rep.err_plain - 1.0),
                       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
-      out.emplace(name, std::move(q));
+      out.insert_or_assign(name, std::move(q));
     }
   };
 
@@ -203,19 +203,22 @@ std::map<std::string, QuantizedTensor> refine_quantize(const SourceModel& src, c
       for (int64_t k = 0; k < n_chunks; ++k) qm.run_layer(k, l, stages[s].point, &xq, false);
       std::vector<std::string> names;
       for (const char* n : stages[s].names) names.push_back(fmt::format("blk.{}.{}", l, n));
-      stage(names, xf[s], xq, stages[s].width);
+      stage(names, xf[s], xq, stages[s].width, ro.hessian);
     }
     for (int64_t k = 0; k < n_chunks; ++k) qm.run_layer(k, l, Point::kNone, nullptr, true);
     log(fmt::format("  refine: layer {} of {} done in {:.1f} s", l + 1, c.n_layers,
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - tl).count()));
   }
-  if (!c.tied_embeddings && by_name.count("output")) {
+  const bool untied = !c.tied_embeddings && by_name.count("output");
+  if (untied || (c.tied_embeddings && ro.embed_damp > 0 && out.count("token_embd"))) {
     std::vector<float> xf, xq;
     for (int64_t k = 0; k < n_chunks; ++k) {
       fm.final_input(k, &xf);
       qm.final_input(k, &xq);
     }
-    stage({"output"}, xf, xq, c.dim);
+    HessianOptions hopt = ro.hessian;
+    if (!untied) hopt.damp = ro.embed_damp;
+    stage({untied ? "output" : "token_embd"}, xf, xq, c.dim, hopt);
   }
   log(fmt::format("  refine: {} tensors fitted on {} tokens ({} chunks) in {:.1f} s", out.size(), T, n_chunks,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()));

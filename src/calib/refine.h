@@ -17,7 +17,9 @@
 // attention of the quantized q/k/v), then gate/up, then down; the layer's output with all
 // of them quantized is the next layer's input. The token embedding is quantized first
 // (plain fit, importance of the output layer's input as in convert_model) and is in the
-// loop from the start; an untied output layer is refined last on the final norm's output.
+// loop from the start; an untied output layer is refined last on the final norm's output,
+// and a tied embedding too where `embed_damp` > 0 (then the blocks were fitted on the
+// inputs of its plain fit, and it is fitted as the output layer with a stronger ridge).
 #pragma once
 #include <atomic>
 #include <functional>
@@ -35,6 +37,11 @@ struct RefineOptions {
   // Fit the float model's outputs (true) or W on the quantized inputs (false, the default:
   // the float target overfits the calibration text, docs/QUALITY.md).
   bool float_target = false;
+  // A tied embedding is also the output layer. > 0: after the blocks, refit it as the
+  // output layer on the final norm's outputs of the quantized model, with this relative
+  // ridge (larger than the blocks' damping keeps it near the plain fit that its other
+  // role, the input embedding, was fitted for); 0: keep the plain fit.
+  double embed_damp = 0.0;
   int threads = 1;
   std::atomic<bool>* cancel = nullptr;
 };
