@@ -2,6 +2,7 @@
 // dtype, and index j of a packed row (little-endian bit stream, see include/kmq/quant.h).
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 
 #include "kmq/types.h"
 #include "util/half.h"
@@ -24,6 +25,13 @@ inline unsigned index_at(const uint8_t* row, int64_t j, int bits) {
   unsigned v = row[bit >> 3];
   if (((bit & 7) + bits) > 8) v |= unsigned(row[(bit >> 3) + 1]) << 8;
   return (v >> (bit & 7)) & ((1u << bits) - 1);
+}
+
+// The LUT kernels' software prefetch distance in bytes: the ISA file's default, or
+// KMQ_LUT_PREFETCH (0: the line being read, i.e. no lead) to measure another distance without rebuilding.
+inline int64_t lut_prefetch_bytes(int64_t fallback) {
+  const char* e = std::getenv("KMQ_LUT_PREFETCH");
+  return e && *e ? std::strtoll(e, nullptr, 10) : fallback;
 }
 
 }  // namespace kmq::cpu

@@ -255,7 +255,7 @@ void lut_tables_avx2(const LutWeight& w, const float* x, int64_t ldx, int64_t n_
   }
 }
 
-constexpr int kPrefetch = KMQ_LUT_PREFETCH;  // bytes ahead in the weight stream
+const int64_t kPrefetch = lut_prefetch_bytes(KMQ_LUT_PREFETCH);  // bytes ahead in the weight stream
 
 // NT tokens of one tile: the weight bytes are loaded and split once and looked up in each
 // token's tables (prompts and batches; NT = 1 for decode).

@@ -29,12 +29,18 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/cpu/kernel_util.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/lut.h"
 #include "kernels/cpu/lut_q8_x86.h"
 
+// Prefetch distance: 8192 bytes. On the Zen 5 VM (2026-12-04, quiet, 32 GB/s read on one
+// core) 1024 bytes left the decode stalled on the weight loads (perf: 45% of the kernel's
+// samples on the load) at 13.6 GB/s; tg64 at 4.25 bpw, one thread: 1024 B 20.8-24.6 tok/s,
+// 4096 B 29.0-30.3, 8192 B 29.2-30.8, 16384 B 28.0; two threads 41.6 -> 45.2 at 8192
+// (docs/PERFORMANCE.md). A prefetch to L2 only (T1) was slower (25.8 / 38.2).
 #ifndef KMQ_LUT_PREFETCH
-#define KMQ_LUT_PREFETCH 1024
+#define KMQ_LUT_PREFETCH 8192
 #endif
 
 namespace kmq::cpu {
@@ -71,7 +77,7 @@ inline __m256 load_scales8(const uint16_t* p, bool bf16) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-constexpr int kPrefetch = KMQ_LUT_PREFETCH;  // bytes ahead in the weight stream (as AVX2)
+const int64_t kPrefetch = lut_prefetch_bytes(KMQ_LUT_PREFETCH);  // bytes ahead in the weight stream
 
 template <int NT>
 void lut_tile_avx512(const LutWeight& w, const LutTables& lt, int64_t t0, float* y, int64_t ldy, int64_t tile) {
